@@ -1,0 +1,1 @@
+"""mnist-mlops: raw MNIST to a monitored, self-retraining service."""

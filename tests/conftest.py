@@ -1,0 +1,33 @@
+"""Fixtures shared by every test area. Area-specific fixtures live in tests/<area>/conftest.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mnist_mlops.data.splits import arrays_to_table
+from mnist_mlops.data.synthetic import synthetic_digits
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SYNTHETIC_SPLIT_SIZES = {"train": 600, "val": 200, "test": 200}
+
+
+def real_mnist_raw_dir() -> Path | None:
+    """The real MNIST IDX files when this machine has them ($MNIST_RAW_DIR), else None."""
+    raw = os.environ.get("MNIST_RAW_DIR")
+    return Path(raw) if raw and (Path(raw) / "train-images-idx3-ubyte.gz").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def synthetic_processed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny Parquet splits in the preprocessing layout (no Spark needed to build them)."""
+    root = tmp_path_factory.mktemp("processed")
+    for offset, (split, size) in enumerate(SYNTHETIC_SPLIT_SIZES.items()):
+        images, labels = synthetic_digits(size, seed=100 + offset)
+        ids = [f"{split}-{i:05d}" for i in range(size)]
+        (root / split).mkdir()
+        pq.write_table(arrays_to_table(images, labels, ids), root / split / "part-00000.parquet")
+    return root
