@@ -1,0 +1,384 @@
+"""Drift detectors. Each is configured in ``conf/drift.yaml`` (``_target_``) and turns a
+:class:`DriftContext` into :class:`Finding` rows.
+
+Two kinds of finding:
+- ``psi``: a distance compared with the warn/alert PSI thresholds right away;
+- ``p_value``: a two-sample test whose p-value is corrected together with every other test
+  of the run (see :func:`mnist_mlops.monitoring.check.classify`) before it gets a status.
+
+Detectors that need what the window lacks (labels, a model) return a ``skipped`` finding
+with the reason, so the report always says what was and was not checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+
+from mnist_mlops.data.constants import NUM_CLASSES
+from mnist_mlops.data.features import image_features, pixel_histogram
+from mnist_mlops.monitoring import stats
+from mnist_mlops.monitoring.model_probe import ModelProbe
+from mnist_mlops.monitoring.reference import Baseline, ModelReference
+from mnist_mlops.monitoring.sources import Window
+
+
+class Status(StrEnum):
+    """Ordered severities; a run's status is the worst of its findings."""
+
+    SKIPPED = "skipped"
+    OK = "ok"
+    WARN = "warn"
+    ALERT = "alert"
+
+    @property
+    def rank(self) -> int:
+        return {"skipped": 0, "ok": 1, "warn": 2, "alert": 3}[self.value]
+
+
+@dataclass
+class Finding:
+    """One tested quantity. ``plot`` holds the baseline/current distributions for the HTML."""
+
+    detector: str
+    name: str
+    kind: str  # "psi" | "p_value"
+    statistic: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    min_effect: float = 0.0
+    status: Status = Status.OK
+    reason: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+    plot: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "plot"}
+        out["status"] = self.status.value
+        return out
+
+
+def skipped(detector: str, reason: str) -> Finding:
+    return Finding(
+        detector=detector, name=detector, kind="none", status=Status.SKIPPED, reason=reason
+    )
+
+
+@dataclass
+class DriftContext:
+    """The window, the references and everything derived from them, each computed once."""
+
+    window: Window
+    baseline: Baseline
+    model_reference: ModelReference | None = None
+    probe: ModelProbe | None = None
+    seed: int = 0
+
+    @cached_property
+    def features(self) -> dict[str, np.ndarray]:
+        return image_features(self.window.images)
+
+    @cached_property
+    def pixel_fractions(self) -> np.ndarray:
+        return pixel_histogram(self.window.images)
+
+    @cached_property
+    def _model_outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.probe is not None
+        return self.probe.predict(self.window.images)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The model's probabilities on the window: logged ones when the window has them
+        (they came from the served model) and no probe is loaded, else recomputed."""
+        if self.probe is None and self.window.probabilities is not None:
+            return self.window.probabilities
+        return self._model_outputs[0]
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self._model_outputs[1]
+
+
+class Detector(Protocol):
+    name: str
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]: ...
+
+
+def _psi_status(value: float, warn: float, alert: float) -> Status:
+    if value >= alert:
+        return Status.ALERT
+    return Status.WARN if value >= warn else Status.OK
+
+
+def _bar_plot(
+    title: str, labels: list[str], baseline: np.ndarray, current: np.ndarray
+) -> dict[str, Any]:
+    return {
+        "type": "bars",
+        "title": title,
+        "labels": labels,
+        "baseline": np.asarray(baseline, float).tolist(),
+        "current": np.asarray(current, float).tolist(),
+    }
+
+
+@dataclass
+class LabelPSI:
+    """Label-distribution PSI: only for windows with known labels (splits, IDX, feedback)."""
+
+    psi_warn: float
+    psi_alert: float
+    min_labelled: int = 50
+    name: str = "label_psi"
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]:
+        labels = ctx.window.known_labels
+        if len(labels) < self.min_labelled:
+            return [
+                skipped(
+                    self.name, f"{len(labels)} labelled images < min_labelled={self.min_labelled}"
+                )
+            ]
+        current = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
+        value = stats.psi(ctx.baseline.label_fractions, current)
+        digits = [str(k) for k in range(NUM_CLASSES)]
+        return [
+            Finding(
+                self.name,
+                self.name,
+                "psi",
+                statistic=value,
+                status=_psi_status(value, self.psi_warn, self.psi_alert),
+                extra={"n_labelled": float(len(labels))},
+                plot=_bar_plot("label distribution", digits, ctx.baseline.label_fractions, current),
+            )
+        ]
+
+
+@dataclass
+class PixelHistogramPSI:
+    """PSI of the pixel-intensity histogram (background share and ink-intensity bins)."""
+
+    psi_warn: float
+    psi_alert: float
+    name: str = "pixel_psi"
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]:
+        value = stats.psi(ctx.baseline.pixel_fractions, ctx.pixel_fractions)
+        edges = ctx.baseline.pixel_bin_edges
+        labels = [
+            f"{lo:.2f}-{min(hi, 1.0):.2f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        return [
+            Finding(
+                self.name,
+                self.name,
+                "psi",
+                statistic=value,
+                status=_psi_status(value, self.psi_warn, self.psi_alert),
+                plot=_bar_plot(
+                    "pixel intensity histogram",
+                    labels,
+                    ctx.baseline.pixel_fractions,
+                    ctx.pixel_fractions,
+                ),
+            )
+        ]
+
+
+def _feature_plot(name: str, reference: np.ndarray, current: np.ndarray) -> dict[str, Any]:
+    lo = float(min(reference.min(), current.min()))
+    hi = float(max(reference.max(), current.max()))
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
+    ref, _ = np.histogram(reference, edges)
+    cur, _ = np.histogram(current, edges)
+    return {
+        "type": "hist",
+        "title": name,
+        "edges": edges.tolist(),
+        "baseline": (ref / max(ref.sum(), 1)).tolist(),
+        "current": (cur / max(cur.sum(), 1)).tolist(),
+    }
+
+
+def _require_features(ctx: DriftContext, names: list[str]) -> None:
+    missing = [n for n in names if n not in ctx.baseline.feature_samples]
+    if missing:
+        raise ValueError(f"baseline has no reference sample for feature(s) {missing}")
+
+
+@dataclass
+class FeaturePSI:
+    """PSI per image feature on reference-quantile bins (the "PSI per feature" view)."""
+
+    features: list[str]
+    psi_warn: float
+    psi_alert: float
+    n_bins: int = 10
+    name: str = "feature_psi"
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]:
+        _require_features(ctx, list(self.features))
+        out = []
+        for feature in self.features:
+            value, *_ = stats.sample_psi(
+                ctx.baseline.feature_samples[feature], ctx.features[feature], self.n_bins
+            )
+            out.append(
+                Finding(
+                    self.name,
+                    f"{self.name}/{feature}",
+                    "psi",
+                    statistic=value,
+                    status=_psi_status(value, self.psi_warn, self.psi_alert),
+                )
+            )
+        return out
+
+
+@dataclass
+class FeatureKS:
+    """Two-sample KS per image feature against the baseline's reference sample.
+
+    ``min_effect`` is a floor on the KS distance: with thousands of images KS finds
+    differences too small to matter (e.g. MNIST's own train/test gap), so an alert needs
+    both significance and a visible effect.
+    """
+
+    features: list[str]
+    min_effect: float = 0.0
+    name: str = "feature_ks"
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]:
+        _require_features(ctx, list(self.features))
+        out = []
+        for feature in self.features:
+            reference = ctx.baseline.feature_samples[feature]
+            current = ctx.features[feature]
+            result = stats.ks_test(reference, current)
+            out.append(
+                Finding(
+                    self.name,
+                    f"{self.name}/{feature}",
+                    "p_value",
+                    statistic=result.statistic,
+                    p_value=result.p_value,
+                    min_effect=self.min_effect,
+                    extra={
+                        "baseline_mean": float(reference.mean()),
+                        "current_mean": float(current.mean()),
+                    },
+                    plot=_feature_plot(feature, reference, current),
+                )
+            )
+        return out
+
+
+def _needs_model(name: str, ctx: DriftContext) -> Finding | None:
+    if ctx.model_reference is None:
+        return skipped(
+            name, "no production model available (model.enabled=false or none registered)"
+        )
+    return None
+
+
+@dataclass
+class PredictionPSI:
+    """PSI of the predicted-class distribution vs the model's own predictions on val."""
+
+    psi_warn: float
+    psi_alert: float
+    name: str = "prediction_psi"
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]:
+        if (missing := _needs_model(self.name, ctx)) is not None:
+            return [missing]
+        assert ctx.model_reference is not None
+        baseline = ctx.model_reference.predicted_fractions
+        current = np.bincount(ctx.probabilities.argmax(axis=1), minlength=NUM_CLASSES) / len(
+            ctx.window
+        )
+        value = stats.psi(baseline, current)
+        digits = [str(k) for k in range(NUM_CLASSES)]
+        return [
+            Finding(
+                self.name,
+                self.name,
+                "psi",
+                statistic=value,
+                status=_psi_status(value, self.psi_warn, self.psi_alert),
+                plot=_bar_plot("predicted class distribution", digits, baseline, current),
+            )
+        ]
+
+
+@dataclass
+class ConfidenceShift:
+    """KS test on the top-class probability: unfamiliar inputs get less confident predictions."""
+
+    min_effect: float = 0.0
+    name: str = "confidence_ks"
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]:
+        if (missing := _needs_model(self.name, ctx)) is not None:
+            return [missing]
+        assert ctx.model_reference is not None
+        reference = ctx.model_reference.confidences
+        current = ctx.probabilities.max(axis=1)
+        result = stats.ks_test(reference, current)
+        return [
+            Finding(
+                self.name,
+                self.name,
+                "p_value",
+                statistic=result.statistic,
+                p_value=result.p_value,
+                min_effect=self.min_effect,
+                extra={
+                    "baseline_mean_confidence": float(reference.mean()),
+                    "current_mean_confidence": float(current.mean()),
+                    "mean_confidence_shift": float(current.mean() - reference.mean()),
+                },
+                plot=_feature_plot("top-class probability", reference, current),
+            )
+        ]
+
+
+@dataclass
+class EmbeddingMMD:
+    """MMD permutation test on the model's penultimate-layer embeddings (optional; costs a
+    forward pass plus an (n+m)^2 kernel, so both samples are capped at ``max_samples``)."""
+
+    max_samples: int = 500
+    n_permutations: int = 200
+    min_effect: float = 0.0
+    name: str = "embedding_mmd"
+
+    def evaluate(self, ctx: DriftContext) -> list[Finding]:
+        if ctx.probe is None or ctx.model_reference is None:
+            return [skipped(self.name, "needs the production model loaded (model.enabled=true)")]
+        rng = np.random.default_rng(ctx.seed)
+        reference = ctx.model_reference.embeddings
+        current = ctx.embeddings
+        if len(reference) > self.max_samples:
+            reference = reference[rng.choice(len(reference), self.max_samples, replace=False)]
+        if len(current) > self.max_samples:
+            current = current[rng.choice(len(current), self.max_samples, replace=False)]
+        result = stats.mmd_permutation_test(reference, current, self.n_permutations, seed=ctx.seed)
+        return [
+            Finding(
+                self.name,
+                self.name,
+                "p_value",
+                statistic=result.statistic,
+                p_value=result.p_value,
+                min_effect=self.min_effect,
+                extra={"n_reference": float(len(reference)), "n_current": float(len(current))},
+            )
+        ]
