@@ -1,0 +1,78 @@
+"""Content hashes and the ``manifest.json`` that pins what one preprocessing run produced.
+
+Hashes cover the rows in ``image_id`` order, never file names or Parquet bytes, so they
+identify the dataset regardless of how Spark chose to cut it into part files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_mlops.data.splits import MnistArrays
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def split_content_hash(arrays: MnistArrays) -> str:
+    """sha256 over ids, labels (int8) and pixels (uint8) of a split sorted by image id.
+
+    Each block is length-prefixed so no two different splits can hash the same bytes.
+    """
+    order = np.argsort(arrays.image_ids.astype(str), kind="stable")
+    ids = "\n".join(str(i) for i in arrays.image_ids[order]).encode("utf-8")
+    labels = arrays.labels[order].astype(np.int8).tobytes()
+    pixels = np.ascontiguousarray(arrays.images[order], dtype=np.uint8).tobytes()
+    digest = hashlib.sha256()
+    for block in (ids, labels, pixels):
+        digest.update(len(block).to_bytes(8, "big"))
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """The one JSON spelling used for files we hash: sorted keys, fixed indentation."""
+    return json.dumps(obj, sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def json_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> str:
+    """Write ``obj`` canonically and return the sha256 of the written bytes."""
+    text = canonical_json(obj)
+    path.write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_manifest(
+    splits: dict[str, dict[str, Any]],
+    baseline_hash: str,
+    normalization: dict[str, float],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Manifest with one ``dataset_hash`` over everything that defines the data's content.
+
+    ``config`` is recorded for humans and lineage but left out of ``dataset_hash``: paths and
+    Spark settings differ between machines without changing a single row.
+    """
+    content = {
+        "splits": {
+            name: {k: info[k] for k in ("rows", "content_hash")} for name, info in splits.items()
+        },
+        "baseline_hash": baseline_hash,
+        "normalization": normalization,
+    }
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "dataset_hash": json_hash(content),
+        "splits": splits,
+        "baseline_hash": baseline_hash,
+        "normalization": normalization,
+        "config": config,
+    }

@@ -1,0 +1,278 @@
+"""The preprocessing job: raw IDX -> Spark -> train/val/test Parquet, baseline and manifest.
+
+Design (see ``benchmarks/preprocess.py`` for the numbers):
+
+* the driver decodes IDX with numpy and hands Spark one Arrow-backed DataFrame of
+  ``(image_id, label, pixels binary(784), split)``; no Python UDF ever touches a row;
+* the stratified validation hold-out is chosen in Spark: within each label, rows are ranked
+  by a seeded hash of their id and the first ``quota`` go to ``val`` (quotas by largest
+  remainder, so the size is exact and every class keeps its share);
+* one Spark write with ``partitionBy("split")`` produces all three splits, at most
+  ``partitions`` files each, into a staging directory next to the target; hashes, baseline
+  and manifest are computed from what was actually written; only then is the staging
+  directory renamed into place, so a failure at any step leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from filelock import FileLock
+
+from mnist_mlops.data.baseline import compute_baseline
+from mnist_mlops.data.constants import NUM_CLASSES, SPLITS
+from mnist_mlops.data.idx import RawSplit, load_raw_mnist
+from mnist_mlops.data.manifest import build_manifest, split_content_hash, write_json
+from mnist_mlops.data.splits import arrays_to_table, load_split
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+BASELINE_FILE = "baseline.json"
+MANIFEST_FILE = "manifest.json"
+_SPARK_OUTPUT = "_spark_output"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything the job reads from the ``data`` and ``spark`` config groups."""
+
+    raw_dir: str
+    processed_dir: str
+    download: bool = False
+    verify_checksums: bool = True
+    val_size: int = 5000
+    split_seed: int = 42
+    partitions: int = 2
+    mean: float = 0.1307
+    std: float = 0.3081
+
+
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Log the start and duration of one long step (the job's progress report)."""
+    log.info("%s ...", name)
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.2f s", name, time.perf_counter() - start)
+
+
+def class_quotas(label_counts: np.ndarray, val_size: int) -> np.ndarray:
+    """Per-class validation sizes summing exactly to ``val_size``, proportional to the counts.
+
+    Largest-remainder apportionment in integer arithmetic; ties go to the lower class.
+    """
+    counts = np.asarray(label_counts, dtype=np.int64)
+    total = int(counts.sum())
+    if not 0 < val_size < total:
+        raise ValueError(
+            f"data.val_size={val_size} must be between 1 and {total - 1} (training images)"
+        )
+    quotas, remainders = np.divmod(counts * val_size, total)
+    missing = val_size - int(quotas.sum())
+    order = np.lexsort((np.arange(len(counts)), -remainders))
+    quotas[order[:missing]] += 1
+    return quotas
+
+
+def image_ids(source: str, n: int) -> list[str]:
+    """Stable ids ``<source>-<index>`` tied to the position in the original IDX file."""
+    return [f"{source}-{i:05d}" for i in range(n)]
+
+
+def source_frame(spark: SparkSession, raw: dict[str, RawSplit]) -> DataFrame:
+    """One DataFrame over both IDX sources; ``split`` starts as the source name."""
+    import pandas as pd
+    from pyspark.sql import types as T
+
+    frames = []
+    for source, data in raw.items():
+        ids = image_ids(source, len(data.labels))
+        frame = arrays_to_table(data.images, data.labels, ids).to_pandas()
+        frame["split"] = source
+        frames.append(frame)
+    schema = T.StructType(
+        [
+            T.StructField("image_id", T.StringType(), False),
+            T.StructField("label", T.ByteType(), False),
+            T.StructField("pixels", T.BinaryType(), False),
+            T.StructField("split", T.StringType(), False),
+        ]
+    )
+    return spark.createDataFrame(pd.concat(frames, ignore_index=True), schema=schema)
+
+
+def assign_splits(frame: DataFrame, quotas: np.ndarray, seed: int) -> DataFrame:
+    """Move a seeded, stratified sample of ``quotas[c]`` training rows per class to ``val``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rank_key = F.xxhash64(F.lit(int(seed)), F.col("image_id"))
+    by_label = Window.partitionBy("label").orderBy(rank_key, F.col("image_id"))
+    quota = F.array(*[F.lit(int(q)) for q in quotas])[F.col("label").cast("int")]
+    val_ids = (
+        frame.where(F.col("split") == "train")
+        .select("image_id", "label")
+        .withColumn("rank", F.row_number().over(by_label))
+        .where(F.col("rank") <= quota)
+        .select("image_id", F.lit(True).alias("is_val"))
+    )
+    return (
+        frame.join(F.broadcast(val_ids), on="image_id", how="left")
+        .withColumn("split", F.when(F.col("is_val"), F.lit("val")).otherwise(F.col("split")))
+        .select("image_id", "label", "pixels", "split")
+    )
+
+
+def write_splits(frame: DataFrame, out_dir: Path, partitions: int, normalization: dict) -> None:
+    """One Spark write of all splits, then ``<out_dir>/<split>/part-NNNNN.parquet``.
+
+    Part files get stable names (Spark's contain a random job id) so two runs produce
+    byte-identical directories. The normalisation is stored in the pixel column's metadata.
+    """
+    from pyspark.sql import functions as F
+
+    pixel_meta = {"encoding": "uint8 row-major 28x28, 0=background", "normalization": normalization}
+    spark_out = out_dir / _SPARK_OUTPUT
+    (
+        frame.select(
+            "image_id", "label", F.col("pixels").alias("pixels", metadata=pixel_meta), "split"
+        )
+        .coalesce(partitions)
+        .write.mode("errorifexists")
+        .partitionBy("split")
+        .parquet(str(spark_out))
+    )
+    for split in SPLITS:
+        written = sorted((spark_out / f"split={split}").glob("part-*.parquet"))
+        if not written:
+            raise RuntimeError(f"Spark wrote no rows for split {split!r} into {spark_out}")
+        if len(written) > partitions:
+            raise RuntimeError(
+                f"split {split!r} has {len(written)} files, more than spark.partitions={partitions}"
+            )
+        target = out_dir / split
+        target.mkdir()
+        for index, part in enumerate(written):
+            part.rename(target / f"part-{index:05d}.parquet")
+    shutil.rmtree(spark_out)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a staging directory that replaces ``target`` only if the block succeeds.
+
+    Staging lives next to the target (same filesystem, so renames are atomic). A lock file
+    serialises concurrent runs; leftovers of a killed run are cleaned (or restored) first.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        _recover_interrupted_swap(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        staging.chmod(0o777 & ~_current_umask())  # mkdtemp's 0700 would hide data from others
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        backup = staging.with_name(staging.name.replace(".tmp-", ".old-"))
+        if target.exists():
+            os.rename(target, backup)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            if backup.exists():
+                os.rename(backup, target)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _recover_interrupted_swap(target: Path) -> None:
+    """Drop staging dirs of killed runs; put back a previous output caught mid-swap."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for backup in sorted(target.parent.glob(f".{target.name}.old-*")):
+        if target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            log.warning("restoring %s from interrupted run (%s)", target, backup.name)
+            os.rename(backup, target)
+
+
+def read_raw(settings: PreprocessSettings) -> dict[str, RawSplit]:
+    """Verified, decoded raw sources; done before Spark starts so bad files fail fast."""
+    with _step(f"reading raw MNIST from {settings.raw_dir}"):
+        return load_raw_mnist(settings.raw_dir, settings.download, settings.verify_checksums)
+
+
+def run_preprocessing(
+    spark: SparkSession,
+    settings: PreprocessSettings,
+    config: dict[str, Any] | None = None,
+    raw: dict[str, RawSplit] | None = None,
+) -> dict[str, Any]:
+    """Run the whole job; returns the manifest (also written to ``manifest.json``)."""
+    processed_dir = Path(settings.processed_dir)
+    normalization = {"mean": float(settings.mean), "std": float(settings.std)}
+    raw = raw if raw is not None else read_raw(settings)
+    train_counts = np.bincount(raw["train"].labels, minlength=NUM_CLASSES)
+    quotas = class_quotas(train_counts, settings.val_size)
+
+    with atomic_directory(processed_dir) as staging:
+        with _step(
+            f"Spark: splitting and writing {sum(len(r.labels) for r in raw.values())} images"
+        ):
+            frame = assign_splits(source_frame(spark, raw), quotas, settings.split_seed)
+            write_splits(frame, staging, settings.partitions, normalization)
+        splits: dict[str, dict[str, Any]] = {}
+        arrays = {}
+        with _step("hashing the written splits"):
+            for split in SPLITS:
+                arrays[split] = load_split(staging / split)
+                splits[split] = {
+                    "rows": len(arrays[split]),
+                    "files": len(list((staging / split).glob("*.parquet"))),
+                    "content_hash": split_content_hash(arrays[split]),
+                    "label_counts": np.bincount(
+                        arrays[split].labels, minlength=NUM_CLASSES
+                    ).tolist(),
+                }
+        with _step("computing the drift baseline from the train split"):
+            train = arrays["train"]
+            baseline = compute_baseline(
+                train.images,
+                train.labels,
+                splits["train"]["content_hash"],
+                seed=settings.split_seed,
+            )
+            baseline_hash = write_json(staging / BASELINE_FILE, baseline)
+        manifest = build_manifest(
+            splits, baseline_hash, normalization, config or {"settings": asdict(settings)}
+        )
+        write_json(staging / MANIFEST_FILE, manifest)
+    log.info(
+        "wrote %s: %s rows, dataset_hash %s",
+        processed_dir,
+        {name: info["rows"] for name, info in splits.items()},
+        manifest["dataset_hash"][:12],
+    )
+    return manifest
