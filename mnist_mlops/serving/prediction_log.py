@@ -342,4 +342,3 @@ def prediction_exists(log_dir: str | Path, prediction_id: str) -> bool:
         bool((_read_segment(path, PREDICTION_DTYPE)["id"] == needle).any())
         for path in reversed(_segments(Path(log_dir), "predictions"))
     )
-

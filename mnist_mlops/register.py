@@ -1,0 +1,65 @@
+"""``python -m mnist_mlops.register``: put the best finished run in front of the promotion gate.
+
+    python -m mnist_mlops.register                      # embedded SQLite store
+    python -m mnist_mlops.register registry=server      # an MLflow tracking server
+    python -m mnist_mlops.register run_id=<run>         # a specific run instead of the best
+
+Re-running is safe: a run is registered once, and an unchanged champion is not re-promoted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from mnist_mlops.config import CONFIG_DIR
+from mnist_mlops.data.splits import load_split
+from mnist_mlops.tracking.registry import (
+    MODEL_ARTIFACT,
+    PromotionDecision,
+    load_logged_model,
+    promote_if_better,
+    register_run_model,
+    select_best_run,
+    write_report,
+)
+from mnist_mlops.tracking.setup import configure_mlflow
+
+_log = logging.getLogger(__name__)
+
+
+def register(cfg: DictConfig, run_id: str | None = None) -> PromotionDecision:
+    """Register the chosen run's model, stage it, gate it, and write the decision report."""
+    client = configure_mlflow(cfg.registry)
+    run_id = run_id or cfg.get("run_id")
+    if run_id:
+        # An explicitly named run must still be finished and have a model that serves.
+        run = client.get_run(run_id)
+        if run.info.status != "FINISHED":
+            raise ValueError(f"run_id={run_id} is {run.info.status}, not FINISHED")
+        load_logged_model(f"runs:/{run_id}/{MODEL_ARTIFACT}")
+    else:
+        run, _ = select_best_run(client, cfg.registry, str(cfg.selection_metric))
+        run_id = run.info.run_id
+    version = register_run_model(client, str(cfg.registry.model_name), run_id)
+    _log.info("run %s is %s version %s", run_id, cfg.registry.model_name, version)
+    eval_sets = {str(cfg.eval_split): load_split(cfg.eval_split_dir)}
+    decision = promote_if_better(client, cfg.registry, version, eval_sets)
+    write_report(decision, cfg.report_path)
+    return decision
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="register", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    decision = register(cfg)
+    verdict = "PROMOTED to production" if decision.promoted else "not promoted"
+    print(
+        f"{decision.model_name} v{decision.challenger_version}: {verdict}: {decision.reason}"
+        f" (report: {cfg.report_path})"
+    )
+
+
+if __name__ == "__main__":
+    main()
