@@ -1,0 +1,146 @@
+"""``python -m mnist_mlops.drift`` end to end: files written, MLflow run, marker, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mnist_mlops.config import CONFIG_DIR
+from mnist_mlops.data.idx import write_idx_gz
+from mnist_mlops.data.splits import arrays_to_table
+from mnist_mlops.data.synthetic import synthetic_digits
+from mnist_mlops.monitoring.check import run_drift_check
+from mnist_mlops.monitoring.report import DriftExit
+
+
+def _write_split(root: Path, name: str, images: np.ndarray, labels: np.ndarray) -> Path:
+    (root / name).mkdir(parents=True, exist_ok=True)
+    ids = [f"{name}-{i:05d}" for i in range(len(labels))]
+    pq.write_table(arrays_to_table(images, labels, ids), root / name / "part-00000.parquet")
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, baseline_payload, fresh_digits) -> Path:
+    """A processed dir (baseline + val + clean and inverted windows) and a place for outputs."""
+    root = tmp_path_factory.mktemp("drift_project")
+    processed = root / "processed"
+    processed.mkdir()
+    (processed / "baseline.json").write_text(json.dumps(baseline_payload))
+    images, labels = fresh_digits
+    _write_split(processed, "val", images[:600], labels[:600])
+    _write_split(processed, "test", images[600:1100], labels[600:1100])
+    _write_split(processed, "inverted", 255 - images[1100:1400], labels[1100:1400])
+    return root
+
+
+def _overrides(root: Path, *extra: str) -> list[str]:
+    return [
+        f"paths.root_dir={root}",
+        f"paths.processed_dir={root}/processed",
+        f"registry.tracking_uri=sqlite:///{root}/mlruns/mlflow.db",
+        f"registry.artifact_location={root}/mlruns/artifacts",
+        *extra,
+    ]
+
+
+def _compose(root: Path, *extra: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("drift", overrides=_overrides(root, *extra))
+
+
+def test_clean_window_writes_reports_and_an_mlflow_run(project: Path) -> None:
+    cfg = _compose(project, "model.enabled=false", "report.dir=${paths.root_dir}/clean")
+    report = run_drift_check(cfg)
+    assert report.status in ("ok", "warn") and report.exit_code in (DriftExit.OK, DriftExit.WARN)
+    saved = json.loads((project / "clean" / "drift_report.json").read_text())
+    assert saved["status"] == report.status and saved["window"]["n_images"] == 500
+    assert {f["detector"] for f in saved["findings"]} >= {"pixel_psi", "feature_ks", "label_psi"}
+    html = (project / "clean" / "drift_report.html").read_text()
+    assert "data:image/png;base64," in html and "feature_ks/com_row" in html
+    assert not Path(cfg.report.alert_marker).exists()
+    run = mlflow.get_run(saved["window"]["mlflow_run_id"])
+    assert run.data.tags["drift.status"] == report.status
+    assert run.data.metrics["drift/window_size"] == 500
+    assert (
+        "drift/pixel_psi" in run.data.metrics
+        and "drift/feature_ks/mean_intensity_p_adj" in run.data.metrics
+    )
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.name == "mnist-drift"
+
+
+def test_registered_model_drives_the_label_free_detectors(project: Path, tiny_model) -> None:
+    cfg = _compose(
+        project,
+        "source.path=${paths.processed_dir}/inverted",
+        "report.dir=${paths.root_dir}/model_run",
+        "model.required=true",
+    )
+    from mnist_mlops.tracking.setup import configure_mlflow, ensure_experiment
+
+    client = configure_mlflow(cfg.registry)
+    with mlflow.start_run(experiment_id=ensure_experiment(cfg.registry)):
+        # MLflow's default pt2 (torch.export) format: no nn.Linear modules survive loading
+        example = np.zeros((2, 1, 28, 28), np.float32)
+        info = mlflow.pytorch.log_model(tiny_model, name="model", input_example=example)
+    version = mlflow.register_model(info.model_uri, cfg.registry.model_name)
+    client.set_registered_model_alias(cfg.registry.model_name, "production", version.version)
+
+    report = run_drift_check(cfg)
+    assert report.model == {
+        "uri": "models:/mnist-classifier@production",
+        "version": str(version.version),
+    }
+    for detector in ("prediction_psi", "confidence_ks", "embedding_mmd", "pixel_psi"):
+        assert report.detector_status(detector).value == "alert", detector
+    marker = json.loads(Path(cfg.report.alert_marker).read_text())
+    assert marker["status"] == "alert" and marker["report"].endswith("drift_report.json")
+    # the val-split reference was cached for this model version
+    assert list(Path(cfg.model.cache_dir).glob("model_reference_*.npz"))
+
+
+def _cli(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(CONFIG_DIR).parent)}
+    args = [sys.executable, "-m", "mnist_mlops.drift", *_overrides(root, *extra)]
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+
+
+def test_cli_exit_codes_alert_and_bad_input(project: Path) -> None:
+    # IDX source: an inverted batch as a scanner might deliver it, unlabelled
+    images, _ = synthetic_digits(300, seed=5)
+    write_idx_gz(project / "batch" / "scan-images-idx3-ubyte.gz", 255 - images)
+    alert = _cli(
+        project,
+        "source=idx",
+        f"source.directory={project}/batch",
+        "source.prefix=scan",
+        "model.enabled=false",
+        "mlflow.enabled=false",
+        "report.dir=${paths.root_dir}/cli",
+    )
+    assert alert.returncode == DriftExit.ALERT, alert.stderr[-2000:]
+    assert "drift status: alert" in alert.stdout
+
+    missing = _cli(project, "source.path=/nonexistent/split", "mlflow.enabled=false")
+    assert missing.returncode == 1
+    assert "/nonexistent/split" in missing.stderr
+
+
+def test_tiny_window_reports_not_enough_data_without_alerting(project: Path) -> None:
+    cfg = _compose(
+        project, "source.last_n=20", "mlflow.enabled=false", "report.dir=${paths.root_dir}/tiny"
+    )
+    report = run_drift_check(cfg)
+    assert report.exit_code == DriftExit.NOT_ENOUGH_DATA
+    saved = json.loads((project / "tiny" / "drift_report.json").read_text())
+    assert saved["status"] == "not_enough_data" and "20 images" in saved["message"]
