@@ -1,0 +1,127 @@
+"""The one training entrypoint: every experiment and every sweep trial is a config override.
+
+    python -m mnist_mlops.train                                  # gap_v8, report-like defaults
+    python -m mnist_mlops.train model=lenet_v1 experiment=report
+    python -m mnist_mlops.train experiment=best seed=1 trainer.device=cuda
+    python -m mnist_mlops.train debug=default                    # seconds-long smoke run
+    python -m mnist_mlops.train -m hparams_search=optuna         # Optuna sweep (own plugin)
+
+``train(cfg)`` runs in-process (tests, sweeps) and returns the final metrics plus ``run_id``;
+``main()`` returns ``cfg.optimized_metric`` for sweepers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_mlops.config import CONFIG_DIR
+from mnist_mlops.training.callbacks import Callback
+from mnist_mlops.training.datamodule import MnistDataModule
+from mnist_mlops.training.trainer import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(data_cfg: DictConfig, seed: int) -> MnistDataModule:
+    """The data module from the ``data`` group's loader keys."""
+    augmentation = instantiate(data_cfg.augmentation) if data_cfg.get("augmentation") else None
+    return MnistDataModule(
+        processed_dir=data_cfg.processed_dir,
+        batch_size=data_cfg.batch_size,
+        eval_batch_size=data_cfg.eval_batch_size,
+        num_workers=data_cfg.num_workers,
+        augmentation=augmentation,
+        keep_on_device=data_cfg.keep_on_device,
+        extra_train_dirs=list(data_cfg.get("extra_train_dirs") or []),
+        mean=data_cfg.mean,
+        std=data_cfg.std,
+        seed=seed,
+    )
+
+
+def _instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[Callback]:
+    if not callbacks_cfg:
+        return []
+    return [instantiate(c) for c in callbacks_cfg.values() if c is not None]
+
+
+def _check_model_config(cfg: DictConfig) -> None:
+    if not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
+        raise ValueError("config has no model; choose one with model=<name> (see conf/model/)")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test once on the best-val weights, log everything; return the metrics and run id."""
+    _check_model_config(cfg)
+    seed_everything(int(cfg.seed))
+    module = instantiate(cfg.model)
+    datamodule = build_datamodule(cfg.data, int(cfg.seed))
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    callbacks = _instantiate_callbacks(cfg.get("callbacks"))
+    if logger is not None:
+        callbacks.append(logger)
+    trainer = instantiate(cfg.trainer, backend=instantiate(cfg.backend), callbacks=callbacks)
+    with logger.run_context(cfg) if logger is not None else nullcontext():
+        trainer.fit(module, datamodule)
+        test_metrics = trainer.test(module, datamodule)
+        metrics: dict[str, Any] = {**trainer.history[-1], **test_metrics}
+        metrics["best_epoch"] = trainer.best_epoch
+        metrics["run_id"] = logger.run_id if logger is not None else None
+        metrics["model_uri"] = logger.model_uri if logger is not None else None
+        if cfg.get("report_dir"):
+            write_reports(Path(cfg.report_dir), metrics, trainer.history)
+    log.info(
+        "test/acc=%.4f test/loss=%.4f run_id=%s",
+        metrics["test/acc"],
+        metrics["test/loss"],
+        metrics["run_id"],
+    )
+    return metrics
+
+
+def write_reports(
+    report_dir: Path, metrics: dict[str, Any], history: list[dict[str, float]]
+) -> None:
+    """Files for DVC: final metrics (JSON), the learning curve (CSV) and which run made them."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    (report_dir / "metrics.json").write_text(json.dumps(numeric, indent=2, sort_keys=True) + "\n")
+    (report_dir / "run.json").write_text(
+        json.dumps({"run_id": metrics["run_id"], "model_uri": metrics["model_uri"]}, indent=2)
+        + "\n"
+    )
+    columns = ["epoch", *sorted({k for h in history for k in h})]
+    with (report_dir / "learning_curve.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for epoch, row in enumerate(history, start=1):
+            writer.writerow({"epoch": epoch, **row})
+
+
+def metric_value(metrics: dict[str, Any], name: str) -> float:
+    """The value a sweeper optimises; a wrong ``optimized_metric`` fails loudly."""
+    if name not in metrics or metrics[name] is None:
+        available = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise KeyError(f"optimized_metric {name!r} was not produced; available: {available}")
+    return float(metrics[name])
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    return metric_value(metrics, name) if name else None
+
+
+if __name__ == "__main__":
+    main()

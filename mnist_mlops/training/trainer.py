@@ -1,0 +1,162 @@
+"""The driver-side trainer: epochs, device, callbacks and the best-validation checkpoint.
+
+The trainer decides *what* happens around the steps (which epoch, whether to stop, which weights
+are best, who gets told); the backend decides *where* the steps run (this process, Orca, Spark
+DDP). Model selection uses ``val/acc`` only; ``test`` runs once, on the restored best weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mnist_mlops.training.backends import Backend
+from mnist_mlops.training.callbacks import Callback
+from mnist_mlops.training.datamodule import MnistDataModule
+from mnist_mlops.training.module import ClassifierModule
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so the same seed gives the same run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` means CUDA when present; asking for CUDA without it is a clear error."""
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise ValueError(f"trainer.device must be one of {DEVICES} (or cuda:N), got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.device={device} but no CUDA device is available; use cpu or auto"
+        )
+    return torch.device(device)
+
+
+class Trainer:
+    """Lightning-shaped ``fit``/``test`` over a pluggable :class:`Backend`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        epochs: int = 15,
+        device: str = "auto",
+        deterministic: bool = False,
+        callbacks: Sequence[Callback] = (),
+        limit_train_batches: int | None = None,
+        limit_val_batches: int | None = None,
+        limit_test_batches: int | None = None,
+        monitor: str = "val/acc",
+    ) -> None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"trainer.epochs must be a positive integer, got {epochs!r}")
+        for name, limit in (
+            ("limit_train_batches", limit_train_batches),
+            ("limit_val_batches", limit_val_batches),
+            ("limit_test_batches", limit_test_batches),
+        ):
+            if limit is not None and (not isinstance(limit, int) or limit < 1):
+                raise ValueError(
+                    f"trainer.{name} must be null or a positive integer, got {limit!r}"
+                )
+        self.backend = backend
+        self.max_epochs = epochs
+        self.device = resolve_device(device)
+        self.deterministic = deterministic
+        self.callbacks = list(callbacks)
+        self.limit_train_batches = limit_train_batches
+        self.limit_val_batches = limit_val_batches
+        self.limit_test_batches = limit_test_batches
+        self.monitor = monitor
+        self.current_epoch = 0
+        self.should_stop = False
+        self.history: list[dict[str, float]] = []
+        self.best_epoch: int | None = None
+        self.best_score: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.datamodule: MnistDataModule | None = None
+        self._configure_determinism()
+
+    def _configure_determinism(self) -> None:
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        torch.backends.cudnn.benchmark = not self.deterministic
+
+    # --- sizes the module and callbacks ask for ---------------------------------------------
+    @property
+    def num_train_batches(self) -> int:
+        assert self.datamodule is not None, "fit() sets the datamodule"
+        total = self.datamodule.num_train_batches()
+        return min(total, self.limit_train_batches or total)
+
+    @property
+    def estimated_stepping_batches(self) -> int:
+        return self.num_train_batches * self.max_epochs
+
+    # --- the Lightning-shaped API -----------------------------------------------------------
+    def fit(self, module: ClassifierModule, datamodule: MnistDataModule) -> None:
+        """Train for ``max_epochs`` (or until a callback stops it) and keep the best-val weights."""
+        datamodule.setup(self.device)
+        self.datamodule = datamodule
+        module.trainer = self
+        for callback in self.callbacks:
+            callback.on_fit_start(self, module)
+        self.backend.fit(module, datamodule, self)
+        if self.best_state is not None:
+            module.net.load_state_dict(self.best_state)
+        for callback in self.callbacks:
+            callback.on_fit_end(self, module)
+
+    def test(self, module: ClassifierModule, datamodule: MnistDataModule) -> dict[str, float]:
+        """Evaluate the test split once with the module's current (best-val) weights."""
+        datamodule.setup(self.device)
+        self.datamodule = datamodule
+        module.trainer = self
+        metrics = dict(self.backend.test(module, datamodule, self))
+        for callback in self.callbacks:
+            callback.on_test_end(self, module, metrics)
+        return metrics
+
+    # --- hooks the backends call on the driver ----------------------------------------------
+    def train_epoch_started(self, module: ClassifierModule) -> None:
+        for callback in self.callbacks:
+            callback.on_train_epoch_start(self, module)
+
+    def train_batch_finished(self, module: ClassifierModule, loss: Any, batch_idx: int) -> None:
+        for callback in self.callbacks:
+            callback.on_train_batch_end(self, module, loss, batch_idx)
+
+    def epoch_finished(self, module: ClassifierModule, metrics: dict[str, float]) -> None:
+        """Record an epoch, snapshot the weights when ``monitor`` improved, tell the callbacks."""
+        if self.monitor not in metrics:
+            raise KeyError(
+                f"monitor {self.monitor!r} not among the epoch metrics {sorted(metrics)}"
+            )
+        metrics = dict(metrics)
+        self.history.append(metrics)
+        score = metrics[self.monitor]
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch = score, self.current_epoch
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()
+            }
+        try:
+            for callback in self.callbacks:
+                callback.on_validation_epoch_end(self, module, metrics)
+        finally:
+            self.current_epoch += 1
+
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        return copy.deepcopy(self.best_state)
