@@ -31,3 +31,11 @@ def synthetic_processed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / split).mkdir()
         pq.write_table(arrays_to_table(images, labels, ids), root / split / "part-00000.parquet")
     return root
+
+
+@pytest.fixture(scope="session")
+def standin_store(tmp_path_factory: pytest.TempPathFactory, synthetic_processed_dir: Path):
+    """An MLflow store with a good and a worse stand-in training run (tests/model_standins.py)."""
+    from model_standins import build_standin_store  # lazy: only registry/serving tests pay for it
+
+    return build_standin_store(tmp_path_factory.mktemp("template-store"), synthetic_processed_dir)
