@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from model_standins import StandinStore, build_standin_store
 from omegaconf import DictConfig
 
 from mnist_mlops.config import CONFIG_DIR
-
-
-@pytest.fixture(scope="session")
-def standin_store(tmp_path_factory, synthetic_processed_dir) -> StandinStore:
-    return build_standin_store(tmp_path_factory.mktemp("template-store"), synthetic_processed_dir)
 
 
 @pytest.fixture

@@ -1,0 +1,49 @@
+"""``python -m mnist_mlops.serve``: the serving app under uvicorn, configured by conf/serve.yaml.
+
+    python -m mnist_mlops.serve                                  # 127.0.0.1:8000, embedded store
+    python -m mnist_mlops.serve registry=server server.port=8080 server.workers=2
+    MNIST_ADMIN_TOKEN=... python -m mnist_mlops.serve            # enables POST /admin/reload
+
+The resolved settings reach every worker as JSON in ``MNIST_SERVING_SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import hydra
+import uvicorn
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_mlops.config import CONFIG_DIR
+from mnist_mlops.serving.settings import SETTINGS_ENV_VAR, settings_from_mapping
+
+
+def serve(cfg: DictConfig) -> None:
+    settings = settings_from_mapping(OmegaConf.to_container(cfg.serving, resolve=True))
+    os.environ[SETTINGS_ENV_VAR] = json.dumps(settings.model_dump())
+    workers = int(cfg.server.workers)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # /metrics must add up all workers, not show whichever one answered
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
+    uvicorn.run(
+        "mnist_mlops.serving.app:app",
+        host=str(cfg.server.host),
+        port=int(cfg.server.port),
+        workers=workers,
+        log_level=str(cfg.server.log_level),
+        access_log=bool(cfg.server.access_log),
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="serve", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()

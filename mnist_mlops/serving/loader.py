@@ -1,0 +1,195 @@
+"""Which model to serve, and keeping it current without a restart.
+
+The served model is ``models:/<name>@<alias>``. When the registry cannot be reached or the
+alias does not exist, the newest FINISHED run's logged model is served instead (so a fresh
+pipeline serves something before its first promotion); with no model at all the app stays
+up but not ready. A watcher thread polls the alias and swaps in a newly promoted version; the
+swap is a single reference assignment, so in-flight requests finish on the model they started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+
+from mnist_mlops.serving.settings import ServingSettings
+from mnist_mlops.tracking.registry import MODEL_ARTIFACT, load_logged_model
+
+_log = logging.getLogger(__name__)
+WARMUP_BATCH_SIZES = (1, 8, 64)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to serve plus where it came from (shown by /model and /metrics)."""
+
+    module: torch.nn.Module
+    name: str
+    version: str | None  # registry version; None when served from the run fallback
+    run_id: str | None
+    source: str  # "registry" or "fallback"
+    uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def label(self) -> str:
+        """The version string logged with every prediction."""
+        return self.version if self.version is not None else f"run:{(self.run_id or '?')[:12]}"
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "source": self.source,
+            "uri": self.uri,
+            "metrics": self.metrics,
+            "loaded_at": self.loaded_at,
+        }
+
+
+def configure_http_timeouts(settings: ServingSettings) -> None:
+    """Fail fast on an unreachable tracking server instead of MLflow's minutes of retries."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.registry_timeout_s)))
+
+
+class ModelResolver:
+    """Finds and loads the model that should be served right now."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        configure_http_timeouts(settings)
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        mlflow.set_registry_uri(settings.effective_registry_uri)
+        self.client = MlflowClient(
+            tracking_uri=settings.tracking_uri, registry_uri=settings.effective_registry_uri
+        )
+
+    def alias_target(self) -> tuple[str, str]:
+        """(version, run_id) the alias points to; raises when unreachable or missing."""
+        mv = self.client.get_model_version_by_alias(
+            self.settings.model_name, self.settings.model_alias
+        )
+        return str(mv.version), mv.run_id
+
+    def load_registered(self, version: str, run_id: str | None) -> LoadedModel:
+        uri = f"models:/{self.settings.model_name}/{version}"
+        return self._loaded(uri, version, run_id, "registry")
+
+    def load_fallback(self) -> LoadedModel | None:
+        """The newest FINISHED run whose logged model loads, or None."""
+        try:
+            experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
+            if experiment is None:
+                return None
+            runs = self.client.search_runs(
+                [experiment.experiment_id],
+                filter_string="attributes.status = 'FINISHED'",
+                order_by=["attributes.end_time DESC"],
+                max_results=20,
+            )
+        except Exception as exc:  # tracking store unreachable too: nothing to serve
+            _log.warning("fallback search failed: %s", exc)
+            return None
+        for run in runs:
+            uri = f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
+            try:
+                return self._loaded(uri, None, run.info.run_id, "fallback")
+            except Exception as exc:  # no or broken model in this run: try the next one
+                _log.info("run %s has no servable model: %s", run.info.run_id, exc)
+        return None
+
+    def _loaded(
+        self, uri: str, version: str | None, run_id: str | None, source: str
+    ) -> LoadedModel:
+        module = load_logged_model(uri)
+        warm_up(module)
+        metrics: dict[str, float] = {}
+        if run_id:
+            try:
+                metrics = dict(self.client.get_run(run_id).data.metrics)
+            except Exception as exc:  # metrics are informative only
+                _log.info("could not read metrics of run %s: %s", run_id, exc)
+        return LoadedModel(module, self.settings.model_name, version, run_id, source, uri, metrics)
+
+
+def warm_up(module: torch.nn.Module) -> None:
+    """Run the first (slow) calls before the model takes traffic."""
+    with torch.inference_mode():
+        for size in WARMUP_BATCH_SIZES:
+            module(torch.zeros(size, 1, 28, 28))
+
+
+class ModelWatcher:
+    """Holds the current model; loads, falls back, polls the alias and hot-swaps."""
+
+    def __init__(self, resolver: ModelResolver, on_change) -> None:
+        self.resolver = resolver
+        self.on_change = on_change  # called with the new LoadedModel after every swap
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()  # one load at a time (poller vs /admin/reload)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> LoadedModel | None:
+        """Serve the alias's version if it changed; fall back only while nothing is served
+        from the registry. Returns the model now served (possibly unchanged)."""
+        with self._lock:
+            current = self.current
+            try:
+                version, run_id = self.resolver.alias_target()
+            except Exception as exc:
+                self.last_error = f"registry alias unavailable: {exc}"
+                if current is None:
+                    self._swap(self.resolver.load_fallback())
+                return self.current
+            if current is not None and current.version == version:
+                return current
+            try:
+                self._swap(self.resolver.load_registered(version, run_id))
+                self.last_error = None
+            except Exception as exc:  # keep serving what we have; report it on /ready
+                self.last_error = f"could not load version {version}: {exc}"
+                _log.exception(
+                    "loading %s version %s failed", self.resolver.settings.model_name, version
+                )
+                if current is None:
+                    self._swap(self.resolver.load_fallback())
+            return self.current
+
+    def _swap(self, model: LoadedModel | None) -> None:
+        if model is None:
+            return
+        self.current = model
+        _log.info("now serving %s (%s, %s)", model.uri, model.source, model.label)
+        self.on_change(model)
+
+    def start_polling(self, interval_s: float) -> None:
+        if interval_s <= 0:
+            return
+        self._thread = threading.Thread(
+            target=self._poll, args=(interval_s,), name="model-watcher", daemon=True
+        )
+        self._thread.start()
+
+    def _poll(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.refresh()
+            except Exception:  # the watcher must outlive any single failure
+                _log.exception("model refresh failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,144 @@
+"""Request and response models: the exact OpenAPI contract of the serving API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+
+from mnist_mlops.data.constants import IMAGE_SIDE, NUM_CLASSES, NUM_PIXELS
+
+Scale = Literal["0-1", "0-255"]
+FlatImage = Annotated[
+    list[float],
+    Field(min_length=NUM_PIXELS, max_length=NUM_PIXELS, description="784 values, row-major"),
+]
+Row = Annotated[list[float], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE)]
+SquareImage = Annotated[
+    list[Row], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE, description="28 rows of 28")
+]
+Image = FlatImage | SquareImage
+# The schema above is what clients see; at runtime the values are checked by numpy in one
+# pass (faster than validating 784 floats as Python objects, and with clearer messages).
+IMAGE_SCHEMA = TypeAdapter(Image).json_schema()
+
+
+def _image_array(value: Any) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ValueError(
+            "must be numbers: a flat list of 784 or 28 lists of 28 (no strings, nulls or "
+            "ragged rows)"
+        ) from None
+    if array.shape not in ((NUM_PIXELS,), (IMAGE_SIDE, IMAGE_SIDE)):
+        raise ValueError(f"must be 784 values or 28 rows of 28; got shape {array.shape}")
+    return array.reshape(NUM_PIXELS)
+
+
+def _batch_array(value: Any) -> np.ndarray:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of images")
+    try:
+        array = np.asarray(value, dtype=np.float32)
+        if array.shape[1:] in ((NUM_PIXELS,), (IMAGE_SIDE, IMAGE_SIDE)):
+            return array.reshape(len(value), NUM_PIXELS)
+    except (ValueError, TypeError):
+        pass
+    # Mixed layouts or a bad image: check one by one to name the culprit.
+    rows = []
+    for index, image in enumerate(value):
+        try:
+            rows.append(_image_array(image))
+        except ValueError as exc:
+            raise ValueError(f"image {index} {exc}") from None
+    return np.stack(rows)
+
+
+PixelsField = Annotated[Any, WithJsonSchema(IMAGE_SCHEMA), AfterValidator(_image_array)]
+ImagesField = Annotated[
+    Any,
+    WithJsonSchema({"type": "array", "minItems": 1, "items": IMAGE_SCHEMA}),
+    AfterValidator(_batch_array),
+]
+SCALE_FIELD = Field(
+    description="Value range the pixels are given in: '0-1' (floats) or '0-255' (bytes). "
+    "MNIST polarity: 0 is background, the maximum is ink."
+)
+PREDICTION_ID = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="from /predict")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class PredictRequest(_Strict):
+    pixels: PixelsField = Field(description="one image: 784 values or 28 rows of 28")
+    scale: Scale = SCALE_FIELD
+
+
+class BatchRequest(_Strict):
+    images: ImagesField = Field(description="one or more images, each 784 values or 28x28")
+    scale: Scale = SCALE_FIELD
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str | None = Field(description="registry version; null when serving the fallback")
+    source: Literal["registry", "fallback"]
+
+
+class PredictResponse(BaseModel):
+    id: str = Field(description="prediction id, for /feedback")
+    predicted: int = Field(ge=0, lt=NUM_CLASSES)
+    probabilities: list[float] = Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES)
+    model: ModelRef
+    image: list[list[int]] | None = Field(
+        default=None, description="the 28x28 image the model saw (with explain=true)"
+    )
+    saliency: list[list[float]] | None = Field(
+        default=None, description="|gradient| of the predicted class per pixel, 0-1 (explain=true)"
+    )
+
+
+class BatchResponse(BaseModel):
+    ids: list[str]
+    predicted: list[int]
+    probabilities: list[list[float]]
+    model: ModelRef
+
+
+class FeedbackRequest(_Strict):
+    id: PREDICTION_ID
+    label: int = Field(ge=0, lt=NUM_CLASSES, description="the true digit")
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    label: int
+    recorded: bool
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str | None
+    run_id: str | None
+    source: Literal["registry", "fallback"]
+    uri: str
+    metrics: dict[str, float]
+    loaded_at: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model: ModelInfo | None = None
+    detail: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list

@@ -1,0 +1,66 @@
+"""Serving settings: one typed object built from ``conf/serve.yaml`` (or its JSON in the env).
+
+``python -m mnist_mlops.serve`` composes the Hydra config and hands it to every uvicorn worker
+through ``MNIST_SERVING_SETTINGS``; ``uvicorn mnist_mlops.serving.app:app`` run directly composes
+the same YAML, so both ways of starting the app agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SETTINGS_ENV_VAR = "MNIST_SERVING_SETTINGS"
+
+
+class ServingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_name: str = "mnist-classifier"
+    model_alias: str = "production"
+    tracking_uri: str
+    # the registry may live elsewhere than the runs (MLflow allows both); default: the same
+    registry_uri: str | None = None
+    experiment_name: str = "mnist"
+    # seconds between checks of the alias (0 disables polling; /admin/reload still works)
+    poll_interval_s: float = Field(default=10.0, ge=0)
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+    # empty: the admin endpoints answer 403
+    admin_token: str = ""
+    prediction_log_dir: str
+    prediction_log_max_segment_bytes: int = Field(default=16 * 1024**2, gt=0)
+    prediction_log_max_total_bytes: int = Field(default=512 * 1024**2, gt=0)
+    prediction_log_max_feedback_bytes: int = Field(default=32 * 1024**2, gt=0)
+    prediction_log_flush_interval_s: float = Field(default=0.5, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024**2, gt=0)
+    max_batch_images: int = Field(default=50_000, gt=0)
+    # concurrent single requests are coalesced into model calls of at most this many images
+    micro_batch_max: int = Field(default=256, gt=0)
+    # model calls on big batches are split into chunks of this many images
+    inference_chunk: int = Field(default=2048, gt=0)
+    torch_threads: int = Field(default=2, gt=0)
+
+    @property
+    def effective_registry_uri(self) -> str:
+        return self.registry_uri or self.tracking_uri
+
+
+def settings_from_mapping(values: dict[str, Any]) -> ServingSettings:
+    return ServingSettings.model_validate(values)
+
+
+def settings_from_environment() -> ServingSettings:
+    """Settings handed over by ``mnist_mlops.serve``, else the composed ``conf/serve.yaml``."""
+    if raw := os.environ.get(SETTINGS_ENV_VAR):
+        return ServingSettings.model_validate(json.loads(raw))
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mnist_mlops.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="serve")
+    return ServingSettings.model_validate(OmegaConf.to_container(cfg.serving, resolve=True))
