@@ -110,10 +110,40 @@ class Detector(Protocol):
     def evaluate(self, ctx: DriftContext) -> list[Finding]: ...
 
 
-def _psi_status(value: float, warn: float, alert: float) -> Status:
-    if value >= alert:
-        return Status.ALERT
-    return Status.WARN if value >= warn else Status.OK
+@dataclass
+class PSIThresholds:
+    """Warn/alert PSI cut-offs, raised to the sampling-noise floor for small samples."""
+
+    psi_warn: float
+    psi_alert: float
+    noise_alpha: float | None = None
+
+    def status(
+        self, value: float, n_bins: int, n_current: int, n_reference: int
+    ) -> tuple[Status, str]:
+        floor = stats.psi_noise_floor(n_bins, n_current, n_reference, self.noise_alpha)
+        alert = max(self.psi_alert, floor)
+        warn = min(max(self.psi_warn, floor), alert)
+        note = (
+            f"alert threshold raised to noise floor {floor:.3f}" if floor > self.psi_alert else ""
+        )
+        if value >= alert:
+            return Status.ALERT, note
+        return (Status.WARN if value >= warn else Status.OK), note
+
+
+def _psi_finding(
+    detector: str,
+    name: str,
+    value: float,
+    limits: PSIThresholds,
+    n_bins: int,
+    n_cur: int,
+    n_ref: int,
+    **kwargs: Any,
+) -> Finding:
+    status, note = limits.status(value, n_bins, n_cur, n_ref)
+    return Finding(detector, name, "psi", statistic=value, status=status, reason=note, **kwargs)
 
 
 def _bar_plot(
@@ -132,8 +162,7 @@ def _bar_plot(
 class LabelPSI:
     """Label-distribution PSI: only for windows with known labels (splits, IDX, feedback)."""
 
-    psi_warn: float
-    psi_alert: float
+    thresholds: PSIThresholds
     min_labelled: int = 50
     name: str = "label_psi"
 
@@ -148,13 +177,16 @@ class LabelPSI:
         current = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
         value = stats.psi(ctx.baseline.label_fractions, current)
         digits = [str(k) for k in range(NUM_CLASSES)]
+        n_ref = int(ctx.baseline.source.get("n_images", 0))
         return [
-            Finding(
+            _psi_finding(
                 self.name,
                 self.name,
-                "psi",
-                statistic=value,
-                status=_psi_status(value, self.psi_warn, self.psi_alert),
+                value,
+                self.thresholds,
+                NUM_CLASSES,
+                len(labels),
+                n_ref,
                 extra={"n_labelled": float(len(labels))},
                 plot=_bar_plot("label distribution", digits, ctx.baseline.label_fractions, current),
             )
@@ -165,26 +197,29 @@ class LabelPSI:
 class PixelHistogramPSI:
     """PSI of the pixel-intensity histogram (background share and ink-intensity bins)."""
 
-    psi_warn: float
-    psi_alert: float
+    thresholds: PSIThresholds
     name: str = "pixel_psi"
 
     def evaluate(self, ctx: DriftContext) -> list[Finding]:
         value = stats.psi(ctx.baseline.pixel_fractions, ctx.pixel_fractions)
         edges = ctx.baseline.pixel_bin_edges
-        labels = [
+        bin_labels = [
             f"{lo:.2f}-{min(hi, 1.0):.2f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)
         ]
+        # pixels within an image are correlated, so count images, not pixels, as the sample
+        n_ref = int(ctx.baseline.source.get("n_images", 0))
         return [
-            Finding(
+            _psi_finding(
                 self.name,
                 self.name,
-                "psi",
-                statistic=value,
-                status=_psi_status(value, self.psi_warn, self.psi_alert),
+                value,
+                self.thresholds,
+                len(bin_labels),
+                len(ctx.window),
+                n_ref,
                 plot=_bar_plot(
                     "pixel intensity histogram",
-                    labels,
+                    bin_labels,
                     ctx.baseline.pixel_fractions,
                     ctx.pixel_fractions,
                 ),
@@ -218,8 +253,7 @@ class FeaturePSI:
     """PSI per image feature on reference-quantile bins (the "PSI per feature" view)."""
 
     features: list[str]
-    psi_warn: float
-    psi_alert: float
+    thresholds: PSIThresholds
     n_bins: int = 10
     name: str = "feature_psi"
 
@@ -227,16 +261,17 @@ class FeaturePSI:
         _require_features(ctx, list(self.features))
         out = []
         for feature in self.features:
-            value, *_ = stats.sample_psi(
-                ctx.baseline.feature_samples[feature], ctx.features[feature], self.n_bins
-            )
+            reference = ctx.baseline.feature_samples[feature]
+            value, edges, *_ = stats.sample_psi(reference, ctx.features[feature], self.n_bins)
             out.append(
-                Finding(
+                _psi_finding(
                     self.name,
                     f"{self.name}/{feature}",
-                    "psi",
-                    statistic=value,
-                    status=_psi_status(value, self.psi_warn, self.psi_alert),
+                    value,
+                    self.thresholds,
+                    len(edges) - 1,
+                    len(ctx.window),
+                    len(reference),
                 )
             )
         return out
@@ -292,8 +327,7 @@ def _needs_model(name: str, ctx: DriftContext) -> Finding | None:
 class PredictionPSI:
     """PSI of the predicted-class distribution vs the model's own predictions on val."""
 
-    psi_warn: float
-    psi_alert: float
+    thresholds: PSIThresholds
     name: str = "prediction_psi"
 
     def evaluate(self, ctx: DriftContext) -> list[Finding]:
@@ -306,13 +340,16 @@ class PredictionPSI:
         )
         value = stats.psi(baseline, current)
         digits = [str(k) for k in range(NUM_CLASSES)]
+        n_ref = len(ctx.model_reference.probabilities)
         return [
-            Finding(
+            _psi_finding(
                 self.name,
                 self.name,
-                "psi",
-                statistic=value,
-                status=_psi_status(value, self.psi_warn, self.psi_alert),
+                value,
+                self.thresholds,
+                NUM_CLASSES,
+                len(ctx.window),
+                n_ref,
                 plot=_bar_plot("predicted class distribution", digits, baseline, current),
             )
         ]

@@ -29,6 +29,19 @@ def psi(expected: np.ndarray, actual: np.ndarray, epsilon: float = PSI_EPSILON) 
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
+def psi_noise_floor(n_bins: int, n_current: int, n_reference: int, alpha: float | None) -> float:
+    """The PSI that sampling noise alone exceeds with probability ``alpha``.
+
+    Under no drift, PSI ~ chi2(k-1) * (1/n + 1/N) for k bins and samples of n and N, so a
+    fixed 0.2 cut-off alarms often on a 100-image window (expected PSI ~ 0.09 for 10 bins).
+    Thresholds are raised to this floor; for windows of a few hundred it is below 0.1.
+    """
+    if alpha is None or n_current <= 0 or n_bins < 2:
+        return 0.0
+    scale = 1.0 / n_current + (1.0 / n_reference if n_reference > 0 else 0.0)
+    return float(sp_stats.chi2.ppf(1.0 - alpha, n_bins - 1) * scale)
+
+
 def quantile_bin_edges(reference: np.ndarray, n_bins: int = 10) -> np.ndarray:
     """Bin edges at the reference quantiles (ties merged), open at both ends."""
     inner = np.unique(

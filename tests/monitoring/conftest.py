@@ -9,63 +9,17 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_mlops.data.baseline import compute_baseline
 from mnist_mlops.data.constants import NUM_CLASSES
-from mnist_mlops.data.features import (
-    FEATURE_NAMES,
-    PIXEL_BIN_EDGES,
-    image_features,
-    pixel_histogram,
-)
 from mnist_mlops.data.synthetic import synthetic_digits
 from mnist_mlops.models.inference import InferenceModel
 from mnist_mlops.monitoring.model_probe import ModelProbe
 from mnist_mlops.monitoring.reference import Baseline, build_model_reference
 
-QUANTILES = {
-    "p01": 0.01,
-    "p05": 0.05,
-    "p25": 0.25,
-    "p50": 0.5,
-    "p75": 0.75,
-    "p95": 0.95,
-    "p99": 0.99,
-}
 
-
-def baseline_dict(
-    images: np.ndarray, labels: np.ndarray, sample_size: int = 5000
-) -> dict[str, Any]:
-    """A ``baseline.json`` payload in the preprocessing contract, built in memory."""
-    try:  # the data engineer's builder, when present, is the one true implementation
-        from mnist_mlops.data.baseline import build_baseline  # type: ignore[attr-defined]
-
-        return build_baseline(images, labels)
-    except ImportError:
-        pass
-    counts = np.bincount(labels, minlength=NUM_CLASSES)
-    feats = image_features(images)
-    rng = np.random.default_rng(0)
-    keep = rng.choice(len(images), min(sample_size, len(images)), replace=False)
-    return {
-        "schema_version": 1,
-        "source": {"split": "train", "n_images": int(len(images)), "content_hash": "synthetic"},
-        "labels": {"counts": counts.tolist(), "fractions": (counts / counts.sum()).tolist()},
-        "pixel_histogram": {
-            "bin_edges": PIXEL_BIN_EDGES.tolist(),
-            "fractions": pixel_histogram(images).tolist(),
-        },
-        "features": {
-            name: {
-                "mean": float(feats[name].mean()),
-                "std": float(feats[name].std()),
-                "min": float(feats[name].min()),
-                "max": float(feats[name].max()),
-                "quantiles": {k: float(np.quantile(feats[name], q)) for k, q in QUANTILES.items()},
-                "reference_sample": feats[name][keep].tolist(),
-            }
-            for name in FEATURE_NAMES
-        },
-    }
+def baseline_dict(images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """A ``baseline.json`` payload built by preprocessing's own builder, in memory."""
+    return compute_baseline(images, labels, content_hash="synthetic", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -69,3 +69,15 @@ def test_mmd_permutation_test_separates_and_is_calibrated() -> None:
         rng.normal(size=(60, 5)), rng.normal(0.8, 1, size=(60, 5)), 200
     )
     assert shifted.p_value < 0.01 and shifted.statistic > 0
+
+
+def test_psi_noise_floor_only_matters_for_small_windows() -> None:
+    # 10 bins, 100 vs 55k images: pure noise exceeds ~0.28 with probability 0.001
+    assert stats.psi_noise_floor(10, 100, 55_000, 0.001) == pytest.approx(0.28, abs=0.01)
+    assert stats.psi_noise_floor(10, 500, 55_000, 0.001) < 0.1
+    assert stats.psi_noise_floor(10, 100, 55_000, None) == 0.0
+    # and it is calibrated: simulated no-drift PSI on 100 draws exceeds it rarely
+    rng = np.random.default_rng(3)
+    probs = np.full(10, 0.1)
+    sims = [stats.psi(probs, rng.multinomial(100, probs)) for _ in range(2000)]
+    assert np.mean(np.array(sims) > stats.psi_noise_floor(10, 100, 10**9, 0.01)) < 0.03
