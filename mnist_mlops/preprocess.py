@@ -14,7 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.data.preprocess import PreprocessSettings, read_raw, run_preprocessing
+from mnist_mlops.data.preprocess import (
+    PreprocessSettings,
+    read_raw,
+    run_preprocessing,
+    timed_step,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -52,7 +57,8 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> dict[str, 
     raw = read_raw(settings)
     own_session = spark is None
     if own_session:
-        spark = instantiate(cfg.spark)
+        with timed_step("spark_start", f"starting Spark ({cfg.spark.master})"):
+            spark = instantiate(cfg.spark)
     try:
         return run_preprocessing(spark, settings, record, raw=raw)
     finally:
