@@ -34,6 +34,21 @@ def synthetic_processed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def spark_session():
+    """ONE real SparkSession for the whole test run, built from the shipped conf/spark/local.yaml
+    (local[2], 2 shuffle partitions, no UI): the JVM start costs seconds, so never per test."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    spark_cfg = OmegaConf.load(REPO_ROOT / "conf" / "spark" / "local.yaml")
+    spark = instantiate(
+        spark_cfg, master="local[2]", app_name="mnist-mlops-tests", partitions=2, driver_memory="1g"
+    )
+    yield spark
+    spark.stop()
+
+
+@pytest.fixture(scope="session")
 def standin_store(tmp_path_factory: pytest.TempPathFactory, synthetic_processed_dir: Path):
     """An MLflow store with a good and a worse stand-in training run (tests/model_standins.py)."""
     from model_standins import build_standin_store  # lazy: only registry/serving tests pay for it
