@@ -1,0 +1,57 @@
+"""The preprocess config tree: defaults, the spark groups, and clear errors for bad overrides."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import InterpolationResolutionError
+
+from mnist_mlops.config import CONFIG_DIR
+from mnist_mlops.preprocess import settings_from_config
+
+
+def compose_preprocess(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="preprocess", overrides=list(overrides))
+
+
+def test_defaults_read_by_the_job(monkeypatch) -> None:
+    monkeypatch.delenv("MNIST_RAW_DIR", raising=False)
+    cfg = compose_preprocess()
+    settings = settings_from_config(cfg)
+    assert settings.raw_dir.endswith("data/raw")  # torchvision downloads there when missing
+    assert settings.processed_dir.endswith("data/processed")
+    assert (settings.val_size, settings.split_seed, settings.partitions) == (5000, 42, 2)
+    assert (settings.mean, settings.std) == (0.1307, 0.3081)
+    assert cfg.spark.master == "local[*]"
+
+
+def test_raw_dir_comes_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("MNIST_RAW_DIR", "/somewhere/raw")
+    assert settings_from_config(compose_preprocess()).raw_dir == "/somewhere/raw"
+
+
+def test_cluster_group_needs_a_master_url(monkeypatch) -> None:
+    monkeypatch.delenv("SPARK_MASTER", raising=False)
+    cfg = compose_preprocess("spark=cluster")
+    with pytest.raises(InterpolationResolutionError, match="SPARK_MASTER"):
+        _ = cfg.spark.master
+    monkeypatch.setenv("SPARK_MASTER", "yarn")
+    assert compose_preprocess("spark=cluster").spark.master == "yarn"
+    cfg = compose_preprocess("spark=cluster", "spark.master=spark://head:7077")
+    assert cfg.spark.master == "spark://head:7077"
+    assert cfg.spark.num_executors == 2 and cfg.spark.executor_memory == "4g"
+    assert cfg.spark._target_ == "mnist_mlops.data.spark.build_spark_session"
+
+
+def test_bad_override_is_a_clear_error() -> None:
+    with pytest.raises(ConfigCompositionException, match="spark"):
+        compose_preprocess("spark=nonexistent")
+
+
+def test_session_uses_the_group_settings(spark_session) -> None:
+    conf = spark_session.conf
+    assert conf.get("spark.sql.shuffle.partitions") == "2"
+    assert conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
+    assert spark_session.sparkContext.master == "local[2]"
