@@ -13,7 +13,7 @@ install: $(STAMP)
 
 ## The whole pipeline on embedded defaults: preprocess -> train -> evaluate -> register, then serve.
 run: install
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	$(BIN)/python -m mnist_mlops.serve
 
 ## Lint, then the full test suite (slow end-to-end tests included, as CI runs it).
