@@ -1,0 +1,296 @@
+"""Retraining: triggers, feedback snapshots, the lock, interrupted-run recovery, and the whole
+chain end to end on synthetic data with a real MLflow registry and real training processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mnist_mlops.config import CONFIG_DIR
+from mnist_mlops.data.splits import load_split
+from mnist_mlops.data.synthetic import synthetic_digits
+from mnist_mlops.monitoring.feedback import collect_feedback
+from mnist_mlops.monitoring.lock import RetrainLocked, exclusive_lock
+from mnist_mlops.monitoring.retraining import (
+    DECISION_TAG,
+    RETRAIN_TAG,
+    recover_interrupted,
+    retrain,
+    should_retrain,
+)
+from mnist_mlops.serving.prediction_log import PredictionLogWriter
+from mnist_mlops.tracking.registry import alias_version, register_run_model
+
+MODEL = "mnist-classifier"
+# a LeNet that learns the synthetic digits in seconds, and one that barely trains at all
+GOOD_TRAINING = [
+    "model=lenet_v1",
+    "model/optimizer=adam",
+    "model.optimizer.lr=0.003",
+    "trainer.epochs=5",
+    "callbacks=none",
+    "trainer.device=cpu",
+    "backend.num_threads=1",
+    "data.batch_size=64",
+]
+BAD_TRAINING = [
+    *GOOD_TRAINING[:2],
+    "trainer.epochs=1",
+    "trainer.limit_train_batches=1",
+    *GOOD_TRAINING[4:],
+]
+
+
+def _overrides(root: Path, processed: Path, *extra: str) -> list[str]:
+    return [
+        f"paths.root_dir={root}",
+        f"paths.processed_dir={processed}",
+        f"data.processed_dir={processed}",
+        f"registry.tracking_uri=sqlite:///{root}/mlruns/mlflow.db",
+        f"registry.artifact_location={root}/mlruns/artifacts",
+        "feedback.dvc_add=false",
+        *extra,
+    ]
+
+
+def _compose(root: Path, processed: Path, *extra: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("retrain", overrides=_overrides(root, processed, *extra))
+
+
+def _quote_list(items: list[str]) -> str:
+    return "[" + ",".join(f'"{item}"' for item in items) + "]"
+
+
+def _log_predictions(log_dir: Path, n: int, n_labelled: int, seed: int = 0) -> list[str]:
+    """``n`` predictions a second apart, the first ``n_labelled`` with feedback."""
+    images, labels = synthetic_digits(n, seed=seed)
+    writer = PredictionLogWriter(log_dir, flush_interval_s=0.05)
+    ids = [f"{i:032x}" for i in range(n)]
+    start = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1e6)
+    probs = np.full((n, 10), 0.1, np.float32)
+    for i in range(n):
+        writer.log_predictions(
+            [ids[i]], images[i : i + 1], probs[i : i + 1], "1", start + i * 10**6
+        )
+    for i in range(n_labelled):
+        writer.log_feedback(ids[i], int(labels[i]))
+    writer.close()
+    return ids
+
+
+# --------------------------------------------------------------------------- fast unit tests
+
+
+def test_feedback_snapshot_holds_out_the_newest_and_writes_a_manifest(tmp_path: Path) -> None:
+    ids = _log_predictions(tmp_path / "log", n=120, n_labelled=100)
+    snap = collect_feedback(tmp_path / "log", tmp_path / "feedback", eval_fraction=0.3, min_eval=20)
+    assert snap is not None
+    train, recent = load_split(snap.train_dir), snap.eval_arrays()
+    assert (len(train), len(recent)) == (70, 30)
+    # held out by time: every eval prediction is newer than every training one
+    assert sorted(recent.image_ids) == ids[70:100] and sorted(train.image_ids) == ids[:70]
+    manifest = json.loads((tmp_path / "feedback" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows"] == 70
+    assert sum(manifest["splits"]["recent_eval"]["label_counts"]) == 30
+    assert len(manifest["splits"]["train"]["content_hash"]) == 64
+    # a new snapshot replaces the old one whole; no staging dir is left behind
+    again = collect_feedback(
+        tmp_path / "log", tmp_path / "feedback", eval_fraction=0.5, min_eval=20
+    )
+    assert again is not None and len(again.eval_arrays()) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback", "log"]
+
+
+def test_feedback_too_small_to_hold_out_all_goes_to_training(tmp_path: Path) -> None:
+    _log_predictions(tmp_path / "log", n=30, n_labelled=20)
+    snap = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.3, min_eval=50)
+    assert snap is not None and snap.eval_dir is None and len(load_split(snap.train_dir)) == 20
+    assert collect_feedback(tmp_path / "empty", tmp_path / "fb2", 0.3, 50) is None
+
+
+def test_triggers(tmp_path: Path, synthetic_processed_dir: Path) -> None:
+    cfg = _compose(tmp_path, synthetic_processed_dir, "trigger=drift", "drift.check_now=false")
+    assert should_retrain(cfg, tmp_path) == (False, "no drift alert marker")
+    Path(cfg.drift.alert_marker).parent.mkdir(parents=True)
+    Path(cfg.drift.alert_marker).write_text("{}")
+    go, why = should_retrain(cfg, tmp_path)
+    assert go and "marker" in why
+
+    cfg = _compose(tmp_path, synthetic_processed_dir, "trigger=schedule", "schedule.every_h=24")
+    assert should_retrain(cfg, tmp_path)[0]  # never retrained
+    state = Path(cfg.state_path)
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"last_success": datetime.now(UTC).isoformat()}))
+    assert not should_retrain(cfg, tmp_path)[0]
+    old = datetime.now(UTC) - timedelta(hours=25)
+    state.write_text(json.dumps({"last_success": old.isoformat()}))
+    assert should_retrain(cfg, tmp_path)[0]
+
+    with pytest.raises(ValueError, match="trigger='sometimes'"):
+        should_retrain(_compose(tmp_path, synthetic_processed_dir, "trigger=sometimes"), tmp_path)
+
+
+def test_second_retrain_is_refused_while_the_lock_is_held(
+    tmp_path: Path, synthetic_processed_dir: Path
+) -> None:
+    cfg = _compose(tmp_path, synthetic_processed_dir, "trigger=force")
+    with exclusive_lock(cfg.lock_path, "retrain"), pytest.raises(RetrainLocked) as refused:
+        retrain(cfg)
+    assert "another retrain is already running" in str(refused.value)
+    assert f'"pid": {os.getpid()}' in str(refused.value)
+
+
+def test_recovery_deletes_only_undecided_retrain_versions(tmp_path: Path, standin_store) -> None:
+    from model_standins import client_for, registry_config
+
+    store = standin_store.copy_to(tmp_path / "mlruns")
+    client = client_for(store)
+    registry = registry_config(store)
+    champion = register_run_model(client, MODEL, standin_store.good.run_id)
+    client.set_registered_model_alias(MODEL, "production", champion)
+    client.set_tag(standin_store.bad.run_id, RETRAIN_TAG, "killed-run")
+    orphan = register_run_model(client, MODEL, standin_store.bad.run_id)
+    assert recover_interrupted(client, registry) == [orphan]
+    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == [champion]
+    # a decided version (and the champion itself) is never touched
+    client.set_tag(standin_store.good.run_id, RETRAIN_TAG, "finished-run")
+    client.set_model_version_tag(MODEL, champion, DECISION_TAG, "promoted")
+    assert recover_interrupted(client, registry) == []
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture
+def project(tmp_path: Path, standin_store, synthetic_processed_dir: Path):
+    """A project dir whose registry holds the good and bad stand-in runs, nothing registered."""
+    from model_standins import client_for
+
+    standin_store.copy_to(tmp_path / "mlruns")
+    return tmp_path, client_for(tmp_path / "mlruns")
+
+
+def _set_champion(client, run_id: str) -> str:
+    version = register_run_model(client, MODEL, run_id)
+    client.set_registered_model_alias(MODEL, "production", version)
+    return version
+
+
+def _cli(root: Path, processed: Path, *extra: str, wait: bool = True):
+    env = {**os.environ, "PYTHONPATH": str(Path(CONFIG_DIR).parent)}
+    args = [sys.executable, "-m", "mnist_mlops.retrain", *_overrides(root, processed, *extra)]
+    if not wait:
+        return subprocess.Popen(
+            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _versions(client) -> list[str]:
+    return sorted(str(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
+
+
+@pytest.mark.slow
+def test_worse_challenger_is_not_promoted(
+    project, standin_store, synthetic_processed_dir: Path
+) -> None:
+    root, client = project
+    champion = _set_champion(client, standin_store.good.run_id)
+    done = _cli(
+        root,
+        synthetic_processed_dir,
+        "trigger=force",
+        f"train.overrides={_quote_list(BAD_TRAINING)}",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "retrain rejected" in done.stdout
+    assert alias_version(client, MODEL, "production") == champion
+    outcome = json.loads((root / "reports" / "retrain" / "last_retrain.json").read_text())
+    assert outcome["status"] == "rejected"
+    assert (
+        outcome["decision"]["challenger_scores"]["test"]
+        < outcome["decision"]["champion_scores"]["test"]
+    )
+    # the rejected challenger stays registered with its decision (an audit trail), not served
+    tags = client.get_model_version(MODEL, outcome["version"]).tags
+    assert tags[DECISION_TAG] == "rejected"
+
+
+@pytest.mark.slow
+def test_better_challenger_with_feedback_is_promoted_and_marker_retired(
+    project, standin_store, synthetic_processed_dir: Path
+) -> None:
+    root, client = project
+    champion = _set_champion(client, standin_store.bad.run_id)
+    _log_predictions(root / "outputs" / "predictions", n=200, n_labelled=180, seed=7)
+    marker = root / "reports" / "drift" / "DRIFT_ALERT.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"status": "alert"}))
+    cfg = _compose(root, synthetic_processed_dir, f"train.overrides={_quote_list(GOOD_TRAINING)}")
+    outcome = retrain(cfg)  # trigger=drift, satisfied by the waiting marker
+    assert outcome.status == "promoted", outcome.reason
+    assert alias_version(client, MODEL, "production") == outcome.version != champion
+    # gated on the fixed test split AND the held-out newest feedback
+    assert set(outcome.decision["challenger_scores"]) == {"test", "recent_feedback"}
+    assert outcome.feedback["splits"]["train"]["rows"] == 126
+    # the challenger really trained on the feedback: its run's extra_train_dirs name the snapshot
+    params = client.get_run(outcome.run_id).data.params
+    assert str(root / "data" / "feedback" / "train") in params["data/extra_train_dirs"]
+    assert not marker.exists() and (Path(outcome.work_dir) / "handled_drift_alert.json").exists()
+    # and the next drift-triggered run has nothing to do
+    assert (
+        retrain(_compose(root, synthetic_processed_dir, "drift.check_now=false")).status
+        == "skipped"
+    )
+
+
+@pytest.mark.slow
+def test_interrupted_retrain_changes_nothing_and_blocks_a_second_one(
+    project, standin_store, synthetic_processed_dir: Path
+) -> None:
+    root, client = project
+    champion = _set_champion(client, standin_store.bad.run_id)
+    before = _versions(client)
+    first = _cli(
+        root,
+        synthetic_processed_dir,
+        "trigger=force",
+        f"train.overrides={_quote_list(GOOD_TRAINING)}",
+        "drill.pause_before=gate",
+        "drill.pause_s=300",
+        wait=False,
+    )
+    try:
+        status_files = lambda: list((root / "outputs" / "retrain").glob("*/status.json"))  # noqa: E731
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            if any(json.loads(p.read_text())["step"] == "gate" for p in status_files()):
+                break
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.5)
+        else:
+            pytest.fail("retrain never reached the gate")
+        # paused right before the gate: the challenger is registered but undecided
+        assert len(_versions(client)) == len(before) + 1
+        second = _cli(root, synthetic_processed_dir, "trigger=force")
+        assert second.returncode == 75, second.stderr[-2000:]
+        assert "another retrain is already running" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode != 0
+    assert alias_version(client, MODEL, "production") == champion
+    assert _versions(client) == before  # the half-way challenger was removed
