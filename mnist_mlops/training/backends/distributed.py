@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from mnist_mlops.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 # How long the driver waits for the workers to wind down after it asked them to stop (or after
 # an error on the driver) before it gives up on them.
@@ -131,6 +132,7 @@ class TrainJob:
     module: ClassifierModule
     datamodule: MnistDataModule
     max_epochs: int
+    steps_per_epoch: int
     limit_train_batches: int | None
     limit_val_batches: int | None
     seed: int
@@ -140,8 +142,12 @@ class TrainJob:
 
     @classmethod
     def from_driver(
-        cls, module: ClassifierModule, datamodule: MnistDataModule, trainer: Trainer,
-        use_gpu: bool, channels_last: bool,
+        cls,
+        module: ClassifierModule,
+        datamodule: MnistDataModule,
+        trainer: Trainer,
+        use_gpu: bool,
+        channels_last: bool,
     ) -> TrainJob:
         attached = module.trainer
         module.trainer = None  # the driver's trainer holds callbacks, MLflow state and the data
@@ -155,12 +161,23 @@ class TrainJob:
             module=shipped,
             datamodule=data,
             max_epochs=trainer.max_epochs,
+            steps_per_epoch=trainer.num_train_batches,
             limit_train_batches=trainer.limit_train_batches,
             limit_val_batches=trainer.limit_val_batches,
             seed=int(datamodule.generator.initial_seed()),
             use_gpu=use_gpu,
             channels_last=channels_last,
         )
+
+    @property
+    def estimated_stepping_batches(self) -> int:
+        """Optimizer steps of the whole run, for OneCycle/cosine schedules (as on the driver;
+        a rank may run one step fewer when the last global batch is dropped)."""
+        return self.steps_per_epoch * self.max_epochs
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 # --- driver side ----------------------------------------------------------------------------
@@ -246,15 +263,20 @@ class EpochChannel:
                     done = message
                 elif isinstance(message, WorkerFailed):
                     failures.append(message)
-                    log.error("worker rank %d on %s failed:\n%s", message.rank, message.host,
-                              message.traceback)
+                    log.error(
+                        "worker rank %d on %s failed:\n%s",
+                        message.rank,
+                        message.host,
+                        message.traceback,
+                    )
                     on_failure()
             if finished_at and not ready and time.monotonic() - finished_at > _DRAIN_S:
                 break
             if stop_requested_at and time.monotonic() - stop_requested_at > _STOP_GRACE_S:
                 on_failure()
-                raise DistributedTrainingError("workers did not stop within "
-                                               f"{_STOP_GRACE_S:.0f} s after the driver asked")
+                raise DistributedTrainingError(
+                    f"workers did not stop within {_STOP_GRACE_S:.0f} s after the driver asked"
+                )
         launch_error = launched["error"]
         if failures:
             first = failures[0]
@@ -300,8 +322,10 @@ class DistributedBackend:
     # the Backend protocol ---------------------------------------------------------------------
     def fit(self, module: ClassifierModule, datamodule: MnistDataModule, trainer: Trainer) -> None:
         if self.use_gpu and trainer.device.type != "cuda":
-            log.info("backend.use_gpu=true: workers train on their GPUs; the driver uses %s",
-                     trainer.device)
+            log.info(
+                "backend.use_gpu=true: workers train on their GPUs; the driver uses %s",
+                trainer.device,
+            )
         job = TrainJob.from_driver(module, datamodule, trainer, self.use_gpu, self.channels_last)
 
         def on_epoch(report: EpochReport) -> bool:
@@ -354,12 +378,15 @@ def report_failure(address: ChannelAddress | None, rank: int, err: BaseException
     if address is None:
         return
     message = WorkerFailed(
-        rank=rank, host=socket.gethostname(), error=f"{type(err).__name__}: {err}",
+        rank=rank,
+        host=socket.gethostname(),
+        error=f"{type(err).__name__}: {err}",
         traceback="".join(traceback.format_exception(err)),
     )
-    with contextlib.suppress(Exception), Client(
-        (address.host, address.port), authkey=address.authkey
-    ) as conn:
+    with (
+        contextlib.suppress(Exception),
+        Client((address.host, address.port), authkey=address.authkey) as conn,
+    ):
         _send(conn, message)
 
 
@@ -393,8 +420,15 @@ class RankBatches:
     """
 
     def __init__(
-        self, datamodule: MnistDataModule, split: TensorSplit, batch_size: int, rank: int,
-        world: int, seed: int, max_batches: int | None, train: bool,
+        self,
+        datamodule: MnistDataModule,
+        split: TensorSplit,
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        max_batches: int | None,
+        train: bool,
     ) -> None:
         self.datamodule, self.split, self.batch_size = datamodule, split, batch_size
         self.rank, self.world, self.train = rank, world, train
@@ -406,7 +440,7 @@ class RankBatches:
     def __len__(self) -> int:
         return self.num_batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         if self.train:
             order = torch.randperm(len(self.split), generator=self.order_generator)[: self.rows]
         else:
@@ -430,7 +464,7 @@ class WorkerSession:
     def __init__(self, job: TrainJob, rank: int, world: int, device: torch.device) -> None:
         self.job, self.rank, self.world, self.device = job, rank, world, device
         self.max_epochs = job.max_epochs
-        self.memory_format = torch.channels_last if job.channels_last else torch.contiguous_format
+        self.memory_format = job.memory_format
         torch.manual_seed(job.seed + rank)  # dropout masks differ per rank, as on one big batch
         self.module = job.module
         self.module.trainer = self
@@ -440,12 +474,24 @@ class WorkerSession:
         data.generator = torch.Generator().manual_seed(job.seed + 7919 * (rank + 1))
         data.setup(device)
         self.train_batches = RankBatches(
-            data, data.splits["train"], data.batch_size, rank, world, job.seed,
-            job.limit_train_batches, train=True,
+            data,
+            data.splits["train"],
+            data.batch_size,
+            rank,
+            world,
+            job.seed,
+            job.limit_train_batches,
+            train=True,
         )
         self.val_batches = RankBatches(
-            data, data.splits["val"], data.eval_batch_size, rank, world, job.seed,
-            job.limit_val_batches, train=False,
+            data,
+            data.splits["val"],
+            data.eval_batch_size,
+            rank,
+            world,
+            job.seed,
+            job.limit_val_batches,
+            train=False,
         )
         self.link = DriverLink(job.channel) if rank == 0 and job.channel else None
         self.epoch = 0
@@ -456,10 +502,14 @@ class WorkerSession:
     # --- what the module and train_epoch ask of their trainer ------------------------------
     @property
     def estimated_stepping_batches(self) -> int:
-        return len(self.train_batches) * self.max_epochs
+        return self.job.estimated_stepping_batches
 
     def train_batch_finished(self, module: ClassifierModule, loss: Any, batch_idx: int) -> None:
         """Per-batch hooks stay on the driver side of a local run; workers report per epoch."""
+
+    def to_device(self, batch: Batch) -> Batch:
+        x, y = batch
+        return x.to(self.device).contiguous(memory_format=self.memory_format), y.to(self.device)
 
     # --- the epoch protocol both backends follow ---------------------------------------------
     def start_epoch(self, optimizer: torch.optim.Optimizer) -> None:

@@ -119,8 +119,12 @@ def ddp_worker(job: TrainJob, threads: int | None, timeout_s: float) -> None:
                 session.start_epoch(optimizer)
                 with session.wrapped(ddp_net):
                     train_epoch(
-                        session.module, session.train_batches, optimizer,
-                        scheduler if per_step else None, session, session.memory_format,
+                        session.module,
+                        session.train_batches,
+                        optimizer,
+                        scheduler if per_step else None,
+                        session,
+                        session.memory_format,
                     )
                 if scheduler is not None and not per_step:
                     scheduler.step()
