@@ -67,8 +67,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg.data, int(cfg.seed))
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
     callbacks = _instantiate_callbacks(cfg.get("callbacks"))
-    if logger is not None:
-        callbacks.append(logger)
+    if logger is not None:  # first, so an epoch is recorded even when a pruner then stops the run
+        callbacks.insert(0, logger)
     trainer = instantiate(cfg.trainer, backend=instantiate(cfg.backend), callbacks=callbacks)
     with logger.run_context(cfg) if logger is not None else nullcontext():
         trainer.fit(module, datamodule)
