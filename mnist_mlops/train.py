@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -59,17 +60,20 @@ def _check_model_config(cfg: DictConfig) -> None:
         raise ValueError("config has no model; choose one with model=<name> (see conf/model/)")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test once on the best-val weights, log everything; return the metrics and run id."""
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Fit, test once on the best-val weights, log everything; return the metrics and run id.
+
+    ``callbacks`` are added to the configured ones (benchmarks, notebooks).
+    """
     _check_model_config(cfg)
     seed_everything(int(cfg.seed))
     module = instantiate(cfg.model)
     datamodule = build_datamodule(cfg.data, int(cfg.seed))
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
-    callbacks = _instantiate_callbacks(cfg.get("callbacks"))
+    hooks = [*_instantiate_callbacks(cfg.get("callbacks")), *callbacks]
     if logger is not None:  # first, so an epoch is recorded even when a pruner then stops the run
-        callbacks.insert(0, logger)
-    trainer = instantiate(cfg.trainer, backend=instantiate(cfg.backend), callbacks=callbacks)
+        hooks.insert(0, logger)
+    trainer = instantiate(cfg.trainer, backend=instantiate(cfg.backend), callbacks=hooks)
     with logger.run_context(cfg) if logger is not None else nullcontext():
         trainer.fit(module, datamodule)
         test_metrics = trainer.test(module, datamodule)

@@ -54,7 +54,7 @@ class LocalBackend:
             started = time.perf_counter()
             lr = float(optimizer.param_groups[0]["lr"])
             trainer.train_epoch_started(module)
-            train_epoch(
+            images = train_epoch(
                 module,
                 islice(datamodule.train_dataloader(), trainer.num_train_batches),
                 optimizer,
@@ -62,6 +62,7 @@ class LocalBackend:
                 trainer,
                 self.memory_format,
             )
+            train_s = time.perf_counter() - started
             if scheduler is not None and not per_step:
                 scheduler.step()
             evaluate(
@@ -72,6 +73,7 @@ class LocalBackend:
                 self.memory_format,
             )
             metrics = dict(module.logged, lr=lr, epoch_time_s=time.perf_counter() - started)
+            metrics["train/images_per_s"] = images / train_s
             trainer.epoch_finished(module, metrics)
 
     def test(
@@ -109,11 +111,16 @@ def train_epoch(
     step_scheduler: Any,
     trainer: Trainer,
     memory_format: torch.memory_format = torch.contiguous_format,
-) -> None:
-    """One pass of ``training_step`` + backward + step; fills ``module.logged`` with train/*."""
+) -> int:
+    """One pass of ``training_step`` + backward + step; fills ``module.logged`` with train/*.
+
+    Returns the number of images seen (for throughput).
+    """
     module.train()
+    images = 0
     for batch_idx, batch in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
+        images += int(batch[1].shape[0])
         loss = module.training_step(_to_device(batch, trainer.device, memory_format), batch_idx)
         loss.backward()
         optimizer.step()
@@ -121,6 +128,7 @@ def train_epoch(
             step_scheduler.step()
         trainer.train_batch_finished(module, loss, batch_idx)
     module.on_train_epoch_end()
+    return images
 
 
 @torch.inference_mode()
