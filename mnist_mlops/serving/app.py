@@ -216,7 +216,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             "model": _model_ref(prediction),
         }
         if explain:
-            grad = await run_in_threadpool(saliency, prediction.model.module, image[0])
+            grad = await run_in_threadpool(saliency, prediction.model, image[0])
             payload["image"] = np.rint(image[0] * 255).astype(np.uint8).tolist()
             payload["saliency"] = np.round(grad, 3).tolist()
         return _json(payload)

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
-from mnist_mlops.serving.loader import LoadedModel
+from mnist_mlops.serving.loader import LoadedModel, as_model_input
 
 _log = logging.getLogger(__name__)
 _STOP = object()
@@ -85,7 +85,7 @@ class InferenceEngine:
             return
         try:
             stacked = live[0][0] if len(live) == 1 else np.concatenate([i for i, _ in live])
-            probs = self._forward(model.module, stacked)
+            probs = self._forward(model, stacked)
         except Exception as exc:  # a failed call fails its requests, never the thread
             _log.exception("inference failed")
             for _, fut in live:
@@ -96,14 +96,15 @@ class InferenceEngine:
             fut.set_result((probs[start : start + len(images)], model))
             start += len(images)
 
-    def _forward(self, module: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    def _forward(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
         out = np.empty((len(images), 10), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(images), self.chunk):
-                part = torch.from_numpy(images[start : start + self.chunk]).unsqueeze(1)
+                part = torch.from_numpy(images[start : start + self.chunk])
                 if self.on_batch is not None:
                     self.on_batch(len(part))
-                out[start : start + len(part)] = module(part).exp_().numpy()
+                log_probs = model.module(as_model_input(part, model.dtype))
+                out[start : start + len(part)] = log_probs.float().exp_().numpy()
         return out
 
     def stop(self) -> None:
@@ -111,17 +112,17 @@ class InferenceEngine:
         self._thread.join(timeout=5)
 
 
-def saliency(module: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+def saliency(model: LoadedModel, image: np.ndarray) -> np.ndarray:
     """|d log p(predicted) / d pixel| for one float32 (28, 28) image, scaled to [0, 1].
 
     Shows which pixels drove the prediction; computed outside the inference thread (it needs
     gradients, and it is rare: only the web UI asks for it).
     """
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).reshape(1, 1, 28, 28)
+    x = as_model_input(torch.from_numpy(np.asarray(image, np.float32)[None]), model.dtype)
     x.requires_grad_(True)
     with torch.enable_grad():
-        log_probs = module(x)
+        log_probs = model.module(x)
         log_probs[0, int(log_probs.argmax())].backward()
-    grad = x.grad.detach().abs().reshape(28, 28).numpy()
+    grad = x.grad.detach().float().abs().reshape(28, 28).numpy()
     peak = float(grad.max())
     return grad / peak if peak > 0 else grad

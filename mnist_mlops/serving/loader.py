@@ -37,6 +37,7 @@ class LoadedModel:
     source: str  # "registry" or "fallback"
     uri: str
     metrics: dict[str, float] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32  # the precision the module runs in
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
@@ -52,6 +53,7 @@ class LoadedModel:
             "source": self.source,
             "uri": self.uri,
             "metrics": self.metrics,
+            "precision": str(self.dtype).removeprefix("torch."),
             "loaded_at": self.loaded_at,
         }
 
@@ -111,22 +113,42 @@ class ModelResolver:
     def _loaded(
         self, uri: str, version: str | None, run_id: str | None, source: str
     ) -> LoadedModel:
-        module = load_logged_model(uri)
-        warm_up(module)
+        module, dtype = prepare_for_inference(load_logged_model(uri), self.settings.precision)
+        warm_up(module, dtype)
         metrics: dict[str, float] = {}
         if run_id:
             try:
                 metrics = dict(self.client.get_run(run_id).data.metrics)
             except Exception as exc:  # metrics are informative only
                 _log.info("could not read metrics of run %s: %s", run_id, exc)
-        return LoadedModel(module, self.settings.model_name, version, run_id, source, uri, metrics)
+        name = self.settings.model_name
+        return LoadedModel(module, name, version, run_id, source, uri, metrics, dtype)
 
 
-def warm_up(module: torch.nn.Module) -> None:
+def bfloat16_supported() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16/AMX); else bf16 is slower."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def prepare_for_inference(
+    module: torch.nn.Module, precision: str
+) -> tuple[torch.nn.Module, torch.dtype]:
+    """Channels-last layout, and bf16 weights where the CPU has bf16 kernels (about 5x the
+    images per CPU-second of fp32 for gap_v8 on AMX; argmax agreement is checked in tests)."""
+    dtype = torch.bfloat16 if precision == "bfloat16" and bfloat16_supported() else torch.float32
+    return module.to(dtype=dtype, memory_format=torch.channels_last).eval(), dtype
+
+
+def as_model_input(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(n, 28, 28) float32 -> (n, 1, 28, 28) in the model's dtype and memory layout."""
+    return images.unsqueeze(1).to(dtype=dtype, memory_format=torch.channels_last)
+
+
+def warm_up(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Run the first (slow) calls before the model takes traffic."""
     with torch.inference_mode():
         for size in WARMUP_BATCH_SIZES:
-            module(torch.zeros(size, 1, 28, 28))
+            module(as_model_input(torch.zeros(size, 28, 28), dtype))
 
 
 class ModelWatcher:

@@ -127,6 +127,7 @@ class ModelInfo(BaseModel):
     source: Literal["registry", "fallback"]
     uri: str
     metrics: dict[str, float]
+    precision: Literal["float32", "bfloat16"]
     loaded_at: str
 
 

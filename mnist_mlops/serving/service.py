@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from mnist_mlops.serving import metrics
 from mnist_mlops.serving.engine import InferenceEngine, ModelNotReadyError
@@ -60,6 +61,7 @@ class PredictionService:
 
     def start(self) -> None:
         """Load the model (or the fallback, or nothing) and start polling the alias."""
+        torch.set_num_threads(self.settings.torch_threads)
         try:
             self.watcher.refresh()
         except Exception:  # never crash at startup: stay live and report not-ready

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,9 @@ class ServingSettings(BaseModel):
     # model calls on big batches are split into chunks of this many images
     inference_chunk: int = Field(default=2048, gt=0)
     torch_threads: int = Field(default=2, gt=0)
+    # bfloat16 runs ~5x more images per CPU-second where oneDNN has bf16 kernels (AMX /
+    # AVX512-BF16) and silently stays float32 elsewhere; float32 reproduces the gate exactly
+    precision: Literal["float32", "bfloat16"] = "float32"
 
     @property
     def effective_registry_uri(self) -> str:

@@ -220,3 +220,16 @@ def test_web_ui_is_served(api):
     page = api.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
     assert api.get("/static/app.js").status_code == 200
+
+
+def test_bfloat16_serving_agrees_with_float32(production_store, tmp_path, digits, expected_probs):
+    """The fast precision must not change answers: same digit for (nearly) every image."""
+    settings = make_settings(production_store, tmp_path / "log", precision="bfloat16")
+    with TestClient(create_app(settings)) as client:
+        body = client.post(
+            "/predict/batch", json={"images": digits.images.tolist(), "scale": "0-255"}
+        ).json()
+        precision = client.get("/model").json()["precision"]
+    agree = np.mean(np.array(body["predicted"]) == expected_probs.argmax(axis=1))
+    assert agree >= 0.95, (precision, agree)
+    np.testing.assert_allclose(body["probabilities"], expected_probs, atol=0.05)

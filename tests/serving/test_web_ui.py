@@ -42,7 +42,9 @@ def test_draw_predict_and_give_feedback(production_store, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 900, "height": 620})
             page.goto(url + "/")
-            page.wait_for_function("document.getElementById('model-line').textContent.includes('v1')")
+            page.wait_for_function(
+                "document.getElementById('model-line').textContent.includes('v1')"
+            )
 
             # Draw a "7": a horizontal bar and a diagonal stroke, with real mouse events.
             box = page.locator("#pad").bounding_box()

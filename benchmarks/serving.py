@@ -1,0 +1,278 @@
+"""Serving benchmark: this app vs ``mlflow models serve`` on the same registered model.
+
+Both servers serve the same registry version of ``gap_v8``; the same load generator (``wrk``,
+Debian package, one thread so it leaves the cores to the servers) sends one 28x28 test digit
+per request at concurrency 1, 16 and 64; then ``/predict/batch`` is timed with raw uint8
+bodies. Results print side by side and go to ``reports/benchmarks/serving.json``.
+
+    python benchmarks/serving.py                       # production model of the project store
+    python benchmarks/serving.py --model-version 3 --duration 15
+    python benchmarks/serving.py --standin             # untrained gap_v8 (same compute) in a
+                                                       # temp store, when nothing is trained yet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+MLFLOW = str(Path(PYTHON).with_name("mlflow"))
+CONCURRENCY = (1, 16, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not become ready in {timeout}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server we started (its whole process group: uvicorn may fork workers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def standin_store(store: Path) -> str:
+    """An untrained gap_v8 logged and registered like training does; returns the tracking URI."""
+    import mlflow
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from mnist_mlops.tracking.mlflow_logger import log_inference_model
+    from mnist_mlops.tracking.setup import configure_mlflow, ensure_experiment
+
+    cfg = OmegaConf.create(
+        {
+            "tracking_uri": f"sqlite:///{store}/mlflow.db",
+            "artifact_location": str(store / "artifacts"),
+            "experiment_name": "mnist",
+        }
+    )
+    configure_mlflow(cfg)
+    net = instantiate(OmegaConf.load(ROOT / "conf/model/gap_v8.yaml").net).eval()
+    with mlflow.start_run(experiment_id=ensure_experiment(cfg)) as run:
+        log_inference_model(net, torch.zeros(4, 28, 28, dtype=torch.uint8))
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "mnist-classifier").version
+    mlflow.MlflowClient().set_registered_model_alias("mnist-classifier", "production", version)
+    return cfg.tracking_uri
+
+
+def wrk(url: str, body: str, concurrency: int, duration: int, workdir: Path) -> dict:
+    """One wrk run (1 thread) POSTing ``body``; returns req/s, p50/p99 ms and error counts."""
+    script = workdir / "post.lua"
+    script.write_text(
+        "wrk.method = 'POST'\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n"
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency_ms(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": latency_ms("50"),
+        "p99_ms": latency_ms("99"),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+    }
+
+
+def batch_throughput(url: str, images: np.ndarray, repeats: int) -> dict:
+    """Images/s of /predict/batch with raw uint8 bodies (and with JSON, for reference)."""
+    raw = images.tobytes()
+    with httpx.Client(timeout=120) as client:
+        client.post(url, content=raw, headers={"Content-Type": "application/octet-stream"})
+        started = time.perf_counter()
+        for _ in range(repeats):
+            response = client.post(
+                url, content=raw, headers={"Content-Type": "application/octet-stream"}
+            )
+            response.raise_for_status()
+        raw_rate = repeats * len(images) / (time.perf_counter() - started)
+        subset = images[:1000]
+        body = json.dumps({"images": subset.tolist(), "scale": "0-255"})
+        started = time.perf_counter()
+        client.post(url, content=body, headers={"Content-Type": "application/json"})
+        json_rate = len(subset) / (time.perf_counter() - started)
+    return {"raw_uint8_images_per_s": raw_rate, "json_images_per_s": json_rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT}/mlruns/mlflow.db")
+    parser.add_argument("--model-name", default="mnist-classifier")
+    parser.add_argument("--model-version", default=None, help="default: the production alias")
+    parser.add_argument("--standin", action="store_true", help="untrained gap_v8, temp store")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--batch-repeats", type=int, default=5)
+    parser.add_argument("--output", default=str(ROOT / "reports/benchmarks/serving.json"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+
+    workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    tracking_uri = standin_store(workdir / "store") if args.standin else args.tracking_uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if args.model_version is None:
+        mv = client.get_model_version_by_alias(args.model_name, "production")
+    else:
+        mv = client.get_model_version(args.model_name, args.model_version)
+    model_uri = f"models:/{args.model_name}/{mv.version}"
+    digit = _test_digit()
+    # mlflow models serve execs `uvicorn` by name: the venv's bin must be on PATH
+    path = f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+
+    ours_port, mlflow_port = free_port(), free_port()
+    servers = {
+        "this app": subprocess.Popen(
+            [
+                PYTHON, "-m", "mnist_mlops.serve",
+                f"server.port={ours_port}",
+                f"serving.prediction_log_dir={workdir}/predictions",
+                "serving.poll_interval_s=0",
+                f"hydra.run.dir={workdir}/hydra",
+            ],
+            cwd=ROOT, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=open(workdir / "app.log", "w"),  # noqa: SIM115
+        ),
+        "mlflow models serve": subprocess.Popen(
+            [
+                MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", "local",
+                "--host", "127.0.0.1", "-p", str(mlflow_port),
+            ],
+            cwd=workdir, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=open(workdir / "mlflow.log", "w"),  # noqa: SIM115
+        ),
+    }
+    targets = {
+        "this app": (
+            f"http://127.0.0.1:{ours_port}/predict",
+            f"http://127.0.0.1:{ours_port}/ready",
+            json.dumps({"pixels": digit.tolist(), "scale": "0-255"}),
+        ),
+        "mlflow models serve": (
+            f"http://127.0.0.1:{mlflow_port}/invocations",
+            f"http://127.0.0.1:{mlflow_port}/ping",
+            json.dumps({"inputs": (digit / 255.0).astype(np.float32)[None, None].tolist()}),
+        ),
+    }
+    results: dict = {
+        "model_uri": model_uri,
+        "standin": args.standin,
+        "machine": f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()}",
+        "load_generator": "wrk -t1 --latency, one 28x28 digit per request",
+        "servers": {},
+    }
+    try:
+        for name, (url, ready_url, body) in targets.items():
+            wait_for(ready_url, servers[name])
+            _check_same_answer(name, url, body)
+            results["servers"][name] = {}
+            for concurrency in CONCURRENCY:
+                wrk(url, body, concurrency, 2, workdir)  # warm-up
+                results["servers"][name][concurrency] = wrk(
+                    url, body, concurrency, args.duration, workdir
+                )
+        images = np.resize(_test_digits(), (args.batch_size, 28, 28))
+        results["batch"] = batch_throughput(
+            f"http://127.0.0.1:{ours_port}/predict/batch", images, args.batch_repeats
+        )
+    finally:
+        for process in servers.values():
+            stop(process)
+        print(f"server logs: {workdir}", file=sys.stderr)
+    results["machine"] += f"; after: {os.getloadavg()}"
+    _print_table(results)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _test_digits() -> np.ndarray:
+    from mnist_mlops.data.splits import load_split
+
+    processed = ROOT / "data/processed/test"
+    if processed.exists():
+        return load_split(processed, limit=1000).images
+    from mnist_mlops.data.synthetic import synthetic_digits
+
+    return synthetic_digits(1000, seed=7)[0]
+
+
+def _test_digit() -> np.ndarray:
+    return _test_digits()[0]
+
+
+def _check_same_answer(name: str, url: str, body: str) -> None:
+    response = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
+    response.raise_for_status()
+    print(f"{name}: sample answer {response.text[:120]}...", file=sys.stderr)
+
+
+def _print_table(results: dict) -> None:
+    print(f"\nmodel {results['model_uri']}  ({results['machine']})")
+    print(f"{'server':<22}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, rows in results["servers"].items():
+        for concurrency, row in rows.items():
+            print(
+                f"{name:<22}{concurrency:>5}{row['rps']:>10.0f}{row['p50_ms']:>9.2f}"
+                f"{row['p99_ms']:>9.2f}{row['errors']:>8}"
+            )
+    ours, theirs = results["servers"]["this app"][16], results["servers"]["mlflow models serve"][16]
+    print(f"c=16 speed-up: {ours['rps'] / theirs['rps']:.1f}x req/s")
+    batch = results["batch"]
+    print(
+        f"/predict/batch: {batch['raw_uint8_images_per_s']:.0f} images/s (raw uint8), "
+        f"{batch['json_images_per_s']:.0f} images/s (JSON)"
+    )
+
+
+if __name__ == "__main__":
+    main()
