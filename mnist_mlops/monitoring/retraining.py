@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.data.splits import load_split
-from mnist_mlops.monitoring.feedback import collect_feedback, dvc_version
+from mnist_mlops.monitoring.feedback import FeedbackSnapshot, collect_feedback, dvc_version
 from mnist_mlops.monitoring.lock import exclusive_lock
 from mnist_mlops.monitoring.report import DriftExit, atomic_write_text
 
@@ -210,10 +210,16 @@ def recover_interrupted(client: MlflowClient, registry_cfg: DictConfig) -> list[
 
 
 def train_challenger(
-    cfg: DictConfig, retrain_id: str, work_dir: Path, extra_train_dir: Path | None
+    cfg: DictConfig, retrain_id: str, work_dir: Path, snapshot: FeedbackSnapshot | None
 ) -> str:
     """Train in a child process (``python -m mnist_mlops.train``); return its MLflow run id."""
     report_dir = work_dir / "train"
+    extra_train_dir = snapshot.train_dir if snapshot else None
+    feedback_tags = []
+    if snapshot is not None and extra_train_dir is not None:
+        # lineage: which feedback snapshot the challenger saw
+        content_hash = snapshot.manifest["splits"]["train"]["content_hash"]
+        feedback_tags.append(f"+logger.tags.feedback_train_hash={content_hash}")
     args = [
         "mnist_mlops.train",
         *shared_overrides(cfg),
@@ -223,6 +229,7 @@ def train_challenger(
         f"data.extra_train_dirs=[{extra_train_dir}]"
         if extra_train_dir
         else "data.extra_train_dirs=[]",
+        *feedback_tags,
         *cfg.train.overrides,
     ]
     rc = run_child(args, float(cfg.train.timeout_s), work_dir / "train.log")
@@ -278,9 +285,7 @@ def _retrain_locked(cfg: DictConfig) -> RetrainOutcome:
                 outcome.feedback["dvc_file"] = dvc_version(snapshot.root, Path(cfg.paths.root_dir))
 
     steps.enter("train")
-    outcome.run_id = train_challenger(
-        cfg, retrain_id, work_dir, snapshot.train_dir if snapshot else None
-    )
+    outcome.run_id = train_challenger(cfg, retrain_id, work_dir, snapshot)
 
     steps.enter("register", run_id=outcome.run_id)
     version = None

@@ -246,7 +246,9 @@ def test_better_challenger_with_feedback_is_promoted_and_marker_retired(
     assert outcome.feedback["splits"]["train"]["rows"] == 126
     # the challenger really trained on the feedback: its run's extra_train_dirs name the snapshot
     params = client.get_run(outcome.run_id).data.params
-    assert str(root / "data" / "feedback" / "train") in params["data/extra_train_dirs"]
+    assert str(root / "data" / "feedback" / "train") in params["data.extra_train_dirs"]
+    run_tags = client.get_run(outcome.run_id).data.tags
+    assert run_tags["feedback_train_hash"] == outcome.feedback["splits"]["train"]["content_hash"]
     assert not marker.exists() and (Path(outcome.work_dir) / "handled_drift_alert.json").exists()
     # and the next drift-triggered run has nothing to do
     assert (
