@@ -3,13 +3,16 @@
     python -m mnist_mlops.register                      # embedded SQLite store
     python -m mnist_mlops.register registry=server      # an MLflow tracking server
     python -m mnist_mlops.register run_id=<run>         # a specific run instead of the best
+    python -m mnist_mlops.register run_file=reports/train/run.json   # the run DVC trained
 
 Re-running is safe: a run is registered once, and an unchanged champion is not re-promoted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -30,10 +33,19 @@ from mnist_mlops.tracking.setup import configure_mlflow
 _log = logging.getLogger(__name__)
 
 
+def _run_id_from_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    run_id = json.loads(Path(path).read_text()).get("run_id")
+    if not run_id:
+        raise ValueError(f"run_file={path} names no run_id")
+    return str(run_id)
+
+
 def register(cfg: DictConfig, run_id: str | None = None) -> PromotionDecision:
     """Register the chosen run's model, stage it, gate it, and write the decision report."""
     client = configure_mlflow(cfg.registry)
-    run_id = run_id or cfg.get("run_id")
+    run_id = run_id or cfg.get("run_id") or _run_id_from_file(cfg.get("run_file"))
     if run_id:
         # An explicitly named run must still be finished and have a model that serves.
         run = client.get_run(run_id)

@@ -103,8 +103,8 @@ class InferenceEngine:
                 part = torch.from_numpy(images[start : start + self.chunk])
                 if self.on_batch is not None:
                     self.on_batch(len(part))
-                log_probs = model.module(as_model_input(part, model.dtype))
-                out[start : start + len(part)] = log_probs.float().exp_().numpy()
+                log_probs = model.module(as_model_input(part, model))
+                out[start : start + len(part)] = log_probs.float().exp_().cpu().numpy()
         return out
 
     def stop(self) -> None:
@@ -118,11 +118,11 @@ def saliency(model: LoadedModel, image: np.ndarray) -> np.ndarray:
     Shows which pixels drove the prediction; computed outside the inference thread (it needs
     gradients, and it is rare: only the web UI asks for it).
     """
-    x = as_model_input(torch.from_numpy(np.asarray(image, np.float32)[None]), model.dtype)
+    x = as_model_input(torch.from_numpy(np.asarray(image, np.float32)[None]), model)
     x.requires_grad_(True)
     with torch.enable_grad():
         log_probs = model.module(x)
         log_probs[0, int(log_probs.argmax())].backward()
-    grad = x.grad.detach().float().abs().reshape(28, 28).numpy()
+    grad = x.grad.detach().float().abs().reshape(28, 28).cpu().numpy()
     peak = float(grad.max())
     return grad / peak if peak > 0 else grad

@@ -38,6 +38,7 @@ class LoadedModel:
     uri: str
     metrics: dict[str, float] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32  # the precision the module runs in
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
@@ -54,6 +55,7 @@ class LoadedModel:
             "uri": self.uri,
             "metrics": self.metrics,
             "precision": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
             "loaded_at": self.loaded_at,
         }
 
@@ -113,8 +115,10 @@ class ModelResolver:
     def _loaded(
         self, uri: str, version: str | None, run_id: str | None, source: str
     ) -> LoadedModel:
-        module, dtype = prepare_for_inference(load_logged_model(uri), self.settings.precision)
-        warm_up(module, dtype)
+        module, dtype, device = prepare_for_inference(
+            load_logged_model(uri), self.settings.precision, self.settings.device
+        )
+        warm_up(module, dtype, device)
         metrics: dict[str, float] = {}
         if run_id:
             try:
@@ -122,7 +126,7 @@ class ModelResolver:
             except Exception as exc:  # metrics are informative only
                 _log.info("could not read metrics of run %s: %s", run_id, exc)
         name = self.settings.model_name
-        return LoadedModel(module, name, version, run_id, source, uri, metrics, dtype)
+        return LoadedModel(module, name, version, run_id, source, uri, metrics, dtype, device)
 
 
 def bfloat16_supported() -> bool:
@@ -131,24 +135,33 @@ def bfloat16_supported() -> bool:
 
 
 def prepare_for_inference(
-    module: torch.nn.Module, precision: str
-) -> tuple[torch.nn.Module, torch.dtype]:
-    """Channels-last layout, and bf16 weights where the CPU has bf16 kernels (about 5x the
-    images per CPU-second of fp32 for gap_v8 on AMX; argmax agreement is checked in tests)."""
-    dtype = torch.bfloat16 if precision == "bfloat16" and bfloat16_supported() else torch.float32
-    return module.to(dtype=dtype, memory_format=torch.channels_last).eval(), dtype
+    module: torch.nn.Module, precision: str, device: str = "auto"
+) -> tuple[torch.nn.Module, torch.dtype, torch.device]:
+    """Device (CUDA when asked for or available under ``auto``), channels-last layout, and
+    bf16 weights where there are bf16 kernels (on AMX about 5x the images per CPU-second of
+    fp32 for gap_v8; argmax agreement with fp32 is checked in the tests)."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    target = torch.device("cuda" if use_cuda else "cpu")
+    bf16_ok = use_cuda or bfloat16_supported()
+    dtype = torch.bfloat16 if precision == "bfloat16" and bf16_ok else torch.float32
+    module = module.to(device=target, dtype=dtype, memory_format=torch.channels_last)
+    return module.eval(), dtype, target
 
 
-def as_model_input(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(n, 28, 28) float32 -> (n, 1, 28, 28) in the model's dtype and memory layout."""
-    return images.unsqueeze(1).to(dtype=dtype, memory_format=torch.channels_last)
+def as_model_input(images: torch.Tensor, model: LoadedModel) -> torch.Tensor:
+    """(n, 28, 28) float32 -> (n, 1, 28, 28) on the model's device, dtype and layout."""
+    return _as_input(images, model.dtype, model.device)
 
 
-def warm_up(module: torch.nn.Module, dtype: torch.dtype) -> None:
+def _as_input(images: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return images.unsqueeze(1).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+
+
+def warm_up(module: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
     """Run the first (slow) calls before the model takes traffic."""
     with torch.inference_mode():
         for size in WARMUP_BATCH_SIZES:
-            module(as_model_input(torch.zeros(size, 28, 28), dtype))
+            module(_as_input(torch.zeros(size, 28, 28), dtype, device))
 
 
 class ModelWatcher:

@@ -128,6 +128,7 @@ class ModelInfo(BaseModel):
     uri: str
     metrics: dict[str, float]
     precision: Literal["float32", "bfloat16"]
+    device: str
     loaded_at: str
 
 
