@@ -55,3 +55,20 @@ def test_session_uses_the_group_settings(spark_session) -> None:
     assert conf.get("spark.sql.shuffle.partitions") == "2"
     assert conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
     assert spark_session.sparkContext.master == "local[2]"
+
+
+def test_damaged_class_data_archive_only_costs_speed(tmp_path) -> None:
+    """The JVM options used with the CDS archive must refuse a bad file, not crash on it."""
+    import os
+    import subprocess
+
+    from mnist_mlops.data.spark import _cds_use_options
+    from mnist_mlops.utils.runtime import require_java
+
+    damaged = tmp_path / "spark.jsa"
+    damaged.write_bytes(os.urandom(1 << 16))
+    java = require_java()
+    proc = subprocess.run(
+        [java, *_cds_use_options(damaged).split(), "-version"], capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
