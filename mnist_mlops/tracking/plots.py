@@ -64,11 +64,3 @@ def plot_confusion_matrix(confusion: np.ndarray, path: Path, title: str = "test"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def confusion_rows(confusion: np.ndarray) -> list[dict[str, int]]:
-    """One row per (actual, predicted) pair and count: the table DVC's confusion template reads."""
-    rows = []
-    for (actual, predicted), count in np.ndenumerate(np.asarray(confusion, dtype=np.int64)):
-        rows.extend({"actual": actual, "predicted": predicted} for _ in range(int(count)))
-    return rows
