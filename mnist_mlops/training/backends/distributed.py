@@ -497,6 +497,8 @@ class WorkerSession:
         self.epoch = 0
         self.stopped = False
         self._started = 0.0
+        self._train_s = 0.0
+        self._images = 0
         self._lr = 0.0
 
     # --- what the module and train_epoch ask of their trainer ------------------------------
@@ -514,7 +516,14 @@ class WorkerSession:
     # --- the epoch protocol both backends follow ---------------------------------------------
     def start_epoch(self, optimizer: torch.optim.Optimizer) -> None:
         self._started = time.perf_counter()
+        self._train_s = 0.0
+        self._images = 0
         self._lr = float(optimizer.param_groups[0]["lr"])
+
+    def train_finished(self, images: int) -> None:
+        """The training pass of this epoch is over; ``images`` went through it on this rank."""
+        self._train_s = time.perf_counter() - self._started
+        self._images = int(images)
 
     @contextlib.contextmanager
     def wrapped(self, ddp_net: torch.nn.Module) -> Iterator[None]:
@@ -531,12 +540,16 @@ class WorkerSession:
 
         for buffer in self.net.buffers():  # every rank validates with rank 0's BN statistics
             dist.broadcast(buffer, src=0)
+        images = torch.tensor([self._images], dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(images)  # rows trained by all ranks together this epoch
         evaluate(self.module, self.val_batches, "validation", self.device, self.memory_format)
         stop = torch.zeros(1, dtype=torch.uint8, device=self._collective_device())
         if self.link is not None:
+            logged = dict(self.module.logged)
+            logged["train/images_per_s"] = float(images.item()) / max(self._train_s, 1e-9)
             report = EpochReport(
                 epoch=self.epoch,
-                logged=dict(self.module.logged),
+                logged=logged,
                 lr=self._lr,
                 epoch_time_s=time.perf_counter() - self._started,
                 state={k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},

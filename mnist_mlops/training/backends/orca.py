@@ -98,6 +98,7 @@ class OrcaWorker(MainCallback):  # type: ignore[misc,valid-type]
         self.scheduler: Any = None
         self.per_step = False
         self._ddp_scope: contextlib.AbstractContextManager[None] | None = None
+        self._images = 0
 
     # --- creators (also called once on the driver, where they only build objects) ----------
     @_reported
@@ -134,6 +135,7 @@ class OrcaWorker(MainCallback):  # type: ignore[misc,valid-type]
         if session.stopped:
             return
         session.start_epoch(runner.optimizer)
+        self._images = 0
         self._ddp_scope = session.wrapped(runner.training_models[0])
         self._ddp_scope.__enter__()
         session.module.train()
@@ -143,6 +145,7 @@ class OrcaWorker(MainCallback):  # type: ignore[misc,valid-type]
         session = self._session()
         batch = session.to_device(runner.batch)
         runner.loss = session.module.training_step(batch, runner.batch_idx)
+        self._images += int(batch[1].shape[0])
 
     @_reported
     def on_iter_backward(self, runner: Any) -> None:
@@ -165,6 +168,7 @@ class OrcaWorker(MainCallback):  # type: ignore[misc,valid-type]
         self._ddp_scope.__exit__(None, None, None)
         self._ddp_scope = None
         session.module.on_train_epoch_end()
+        session.train_finished(self._images)
         session.finish_epoch()
 
     @_reported

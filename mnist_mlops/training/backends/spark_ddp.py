@@ -118,7 +118,7 @@ def ddp_worker(job: TrainJob, threads: int | None, timeout_s: float) -> None:
             while not session.stopped:
                 session.start_epoch(optimizer)
                 with session.wrapped(ddp_net):
-                    train_epoch(
+                    images = train_epoch(
                         session.module,
                         session.train_batches,
                         optimizer,
@@ -126,6 +126,7 @@ def ddp_worker(job: TrainJob, threads: int | None, timeout_s: float) -> None:
                         session,
                         session.memory_format,
                     )
+                session.train_finished(images)
                 if scheduler is not None and not per_step:
                     scheduler.step()
                 session.finish_epoch()
