@@ -115,7 +115,10 @@ def run_floor(raw_dir: str, out_dir: str) -> dict:
     splits, arrays = {}, {}
     for split in parts:
         arrays[split] = load_split(out / split)
-        splits[split] = {"rows": len(arrays[split]), "content_hash": split_content_hash(arrays[split])}
+        splits[split] = {
+            "rows": len(arrays[split]),
+            "content_hash": split_content_hash(arrays[split]),
+        }
     seconds["hash"] = time.perf_counter() - start
     start = time.perf_counter()
     baseline = compute_baseline(
@@ -165,10 +168,17 @@ def measure(variant: str, raw_dir: str, workdir: Path) -> dict:
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed (exit {proc.returncode}); rerun: {' '.join(cmd)}")
-    result = json.loads(next(line[7:] for line in stdout.splitlines() if line.startswith("RESULT ")))
+    result = json.loads(
+        next(line[7:] for line in stdout.splitlines() if line.startswith("RESULT "))
+    )
     out_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return {**result, "wall_s": wall, "peak_rss_mb": peak / 2**20, "cpu_s": sum(cpu.values()),
-            "out_bytes": out_bytes}
+    return {
+        **result,
+        "wall_s": wall,
+        "peak_rss_mb": peak / 2**20,
+        "cpu_s": sum(cpu.values()),
+        "out_bytes": out_bytes,
+    }
 
 
 def report(results: dict[str, dict]) -> None:
@@ -183,8 +193,11 @@ def report(results: dict[str, dict]) -> None:
         ("  of which JVM start (s)", spark["steps"].get("spark_start", 0.0), 0.0),
         ("wall once the JVM is up (s)", after_jvm, floor["wall_s"]),
         ("decode+split+write only (s)", conversion["spark"], conversion["floor"]),
-        ("hash + baseline (s)", spark["steps"]["hash"] + spark["steps"]["baseline"],
-         floor["steps"]["hash"] + floor["steps"]["baseline"]),
+        (
+            "hash + baseline (s)",
+            spark["steps"]["hash"] + spark["steps"]["baseline"],
+            floor["steps"]["hash"] + floor["steps"]["baseline"],
+        ),
         ("CPU time, all processes (s)", spark["cpu_s"], floor["cpu_s"]),
         ("peak RSS, Python+JVM (MiB)", spark["peak_rss_mb"], floor["peak_rss_mb"]),
         ("output bytes (MiB)", spark["out_bytes"] / 2**20, floor["out_bytes"] / 2**20),
@@ -195,7 +208,12 @@ def report(results: dict[str, dict]) -> None:
     for name, s, f in rows:
         ratio = f"{s / f:7.2f}x" if f else ""
         print(f"{name:32}{s:10.2f}{f:15.2f}{ratio:>8}")
+    from mnist_mlops.data.spark import class_data_archive
+    from mnist_mlops.utils.runtime import require_java
+
+    archive = class_data_archive(require_java())
     print(f"\ncores: {os.cpu_count()}, load avg at end: {os.getloadavg()[0]:.2f}")
+    print(f"JVM class-data archive: {'used' if archive.is_file() else 'absent'} ({archive})")
 
 
 def main() -> None:
@@ -206,7 +224,9 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.raw_dir:
-        parser.error("give --raw-dir or set MNIST_RAW_DIR to the directory with the MNIST .gz files")
+        parser.error(
+            "give --raw-dir or set MNIST_RAW_DIR to the directory with the MNIST .gz files"
+        )
     if args.child:
         args.variant = args.child
         child_main(args)

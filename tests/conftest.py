@@ -34,6 +34,17 @@ def synthetic_processed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_raw_dir() -> Path:
+    """The real MNIST IDX files for slow tests: fails in CI (CI=true) when absent, else skips."""
+    raw_dir = real_mnist_raw_dir()
+    if raw_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("MNIST_RAW_DIR must point at the real MNIST IDX files in CI")
+        pytest.skip("set MNIST_RAW_DIR to the real MNIST IDX files to run this test")
+    return raw_dir
+
+
+@pytest.fixture(scope="session")
 def spark_session():
     """ONE real SparkSession for the whole test run, built from the shipped conf/spark/local.yaml
     (local[2], 2 shuffle partitions, no UI): the JVM start costs seconds, so never per test."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,18 +36,3 @@ def preprocessed(spark_session, base_settings, tmp_path_factory) -> tuple[Path, 
     out = tmp_path_factory.mktemp("run1") / "processed"
     manifest = run_preprocessing(spark_session, replace(base_settings, processed_dir=str(out)))
     return out, manifest
-
-
-@pytest.fixture(scope="session")
-def real_raw_dir(request: pytest.FixtureRequest) -> Path:
-    """The real MNIST files via tests/conftest.py::real_mnist_raw_dir(); fails in CI, else skips.
-
-    Fetched through the plugin manager because this conftest shadows the module name ``conftest``.
-    """
-    shared = request.config.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
-    raw_dir = shared.real_mnist_raw_dir()
-    if raw_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("MNIST_RAW_DIR must point at the real MNIST IDX files in CI")
-        pytest.skip("set MNIST_RAW_DIR to the real MNIST IDX files to run this test")
-    return raw_dir
