@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR
+from mnist_mlops.data.idx import RawDataError
 from mnist_mlops.data.preprocess import (
     PreprocessSettings,
     read_raw,
@@ -27,19 +28,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _typed(cfg: DictConfig, key: str, kind: type) -> Any:
+    """``cfg[key]`` as ``kind``, or an error naming the key and the bad value."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is not bool and not isinstance(value, bool):
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{key}={value!r} is not a valid {kind.__name__}")
+
+
 def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
     """The keys the job reads (and that ``dvc.yaml`` lists as its params)."""
-    data = cfg.data
     return PreprocessSettings(
-        raw_dir=str(data.raw_dir),
-        processed_dir=str(data.processed_dir),
-        download=bool(data.download),
-        verify_checksums=bool(data.get("verify_checksums", True)),
-        val_size=int(data.val_size),
-        split_seed=int(data.split_seed),
-        partitions=int(cfg.spark.partitions),
-        mean=float(data.mean),
-        std=float(data.std),
+        raw_dir=_typed(cfg, "data.raw_dir", str),
+        processed_dir=_typed(cfg, "data.processed_dir", str),
+        download=_typed(cfg, "data.download", bool),
+        verify_checksums=_typed(cfg, "data.verify_checksums", bool),
+        val_size=_typed(cfg, "data.val_size", int),
+        split_seed=_typed(cfg, "data.split_seed", int),
+        partitions=_typed(cfg, "spark.partitions", int),
+        mean=_typed(cfg, "data.mean", float),
+        std=_typed(cfg, "data.std", float),
     )
 
 
@@ -68,7 +81,10 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> dict[str, 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    manifest = preprocess(cfg)
+    try:
+        manifest = preprocess(cfg)
+    except (ValueError, RawDataError) as err:  # bad config value or raw file: say which, no trace
+        raise SystemExit(f"preprocess: {err}") from err
     log.info("dataset_hash=%s", manifest["dataset_hash"])
 
 

@@ -72,3 +72,47 @@ def test_damaged_class_data_archive_only_costs_speed(tmp_path) -> None:
         [java, *_cds_use_options(damaged).split(), "-version"], capture_output=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.val_size=many", "data.val_size='many' is not a valid int"),
+        ("data.download=maybe", "data.download='maybe' is not a valid bool"),
+        ("spark.partitions=0", "spark.partitions=0 must be at least 1"),
+        ("data.std=-1", "data.std=-1.0 must be positive"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        settings_from_config(compose_preprocess(override))
+
+
+def test_cli_names_the_missing_raw_file(tmp_path) -> None:
+    """The entrypoint fails before starting Spark, with one line naming file and checksum."""
+    import os
+    import subprocess
+    import sys
+
+    from mnist_mlops.data.idx import MNIST_FILES
+
+    env = {**os.environ, "MNIST_RAW_DIR": str(tmp_path / "empty")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_mlops.preprocess",
+            "data.download=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"data.processed_dir={tmp_path / 'out'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    name, md5 = MNIST_FILES["train_images"]
+    assert f"preprocess: missing MNIST file {tmp_path / 'empty' / name}" in proc.stderr
+    assert md5 in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
