@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.training.callbacks import Callback
+from mnist_mlops.training.callbacks import Callback, TrainingInterrupted
 from mnist_mlops.training.datamodule import MnistDataModule
 from mnist_mlops.training.trainer import seed_everything
 
@@ -119,8 +120,14 @@ def metric_value(metrics: dict[str, Any], name: str) -> float:
     return float(metrics[name])
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """`kill`/a scheduler ending the job: unwind so the MLflow run is closed as KILLED."""
+    raise TrainingInterrupted(f"stopped by signal {signum}")
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = train(cfg)
     name = cfg.get("optimized_metric")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -130,3 +133,43 @@ def test_unknown_model_name_fails_on_the_command_line(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "resnet_v9" in result.stderr and "gap_v8" in result.stderr  # lists the valid ones
+
+
+def test_sigterm_closes_the_run_as_killed(tmp_path: Path, synthetic_processed_dir: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments()  # migrate the store now, not concurrently with the child
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnist_mlops.train",
+            "callbacks=none",
+            "trainer.epochs=500",
+            "trainer.device=cpu",
+            f"data.processed_dir={synthetic_processed_dir}",
+            f"paths.log_dir={tmp_path}",
+            f"paths.mlflow_dir={tmp_path}/mlruns",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        runs: list = []
+        while not runs and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(1)
+            experiment = client.get_experiment_by_name("mnist")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            runs = [r for r in runs if r.data.metrics.get("val/acc") is not None]
+        assert runs, "the run never logged an epoch"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
