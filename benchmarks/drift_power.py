@@ -96,6 +96,30 @@ def train_fallback_model(processed_dir: Path, workdir: Path) -> str:
     return str(metrics["model_uri"])
 
 
+class CachedProbe:
+    """The real model probe behind a content-addressed cache: each distinct image is run
+    through the model once, however many windows it lands in (identical bytes -> identical
+    outputs, so results equal running the model per window; only faster)."""
+
+    def __init__(self, probe, pools: list[np.ndarray]) -> None:
+        self.uri, self.version = probe.uri, probe.version
+        self._rows: dict[bytes, int] = {}
+        probs, embeddings, offset = [], [], 0
+        for pool in pools:
+            p, e = probe.predict(pool)
+            for i, img in enumerate(pool):
+                self._rows.setdefault(img.tobytes(), offset + i)
+            probs.append(p)
+            embeddings.append(e)
+            offset += len(pool)
+        self._probs = np.concatenate(probs)
+        self._embeds = np.concatenate(embeddings)
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.fromiter((self._rows[img.tobytes()] for img in images), np.int64, len(images))
+        return self._probs[rows], self._embeds[rows]
+
+
 def load_fashion_mnist() -> np.ndarray:
     from mnist_mlops.data.idx import IMAGES_MAGIC, read_idx
 
@@ -163,6 +187,10 @@ def run(args: argparse.Namespace) -> dict:
         log.info("model %s: val acc %.4f", model_uri, acc)
 
     conditions = build_conditions(test.images, test.labels)
+    if probe is not None:
+        t0 = time.perf_counter()
+        probe = CachedProbe(probe, [images for images, _ in conditions.values()])
+        log.info("model outputs for every pool computed once in %.1fs", time.perf_counter() - t0)
     results: dict = {"sizes": args.sizes, "conditions": {}, "thresholds": thresholds}
     for name, (images, labels) in conditions.items():
         n_windows = args.clean_windows if name == "clean" else args.windows

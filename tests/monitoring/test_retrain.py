@@ -3,15 +3,18 @@ chain end to end on synthetic data with a real MLflow registry and real training
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -197,6 +200,44 @@ def _cli(root: Path, processed: Path, *extra: str, wait: bool = True):
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
 
 
+@contextlib.contextmanager
+def serving(root: Path):
+    """``python -m mnist_mlops.serve`` on a free port against this project's registry."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [
+        sys.executable,
+        "-m",
+        "mnist_mlops.serve",
+        f"paths.root_dir={root}",
+        f"registry.tracking_uri=sqlite:///{root}/mlruns/mlflow.db",
+        f"server.port={port}",
+        "serving.poll_interval_s=1",
+        "serving.torch_threads=1",
+        f"serving.prediction_log_dir={root}/serve_predictions",
+    ]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for_served(url: str, version: str, timeout: float = 90) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/model", timeout=5)
+            if response.status_code == 200 and response.json()["version"] == version:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def _versions(client) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
 
@@ -238,9 +279,13 @@ def test_better_challenger_with_feedback_is_promoted_and_marker_retired(
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"status": "alert"}))
     cfg = _compose(root, synthetic_processed_dir, f"train.overrides={_quote_list(GOOD_TRAINING)}")
-    outcome = retrain(cfg)  # trigger=drift, satisfied by the waiting marker
-    assert outcome.status == "promoted", outcome.reason
-    assert alias_version(client, MODEL, "production") == outcome.version != champion
+    with serving(root) as url:
+        assert _wait_for_served(url, champion)
+        outcome = retrain(cfg)  # trigger=drift, satisfied by the waiting marker
+        assert outcome.status == "promoted", outcome.reason
+        assert alias_version(client, MODEL, "production") == outcome.version != champion
+        # the running server picks up the new champion by polling the alias, no restart
+        assert _wait_for_served(url, outcome.version), "server kept serving the old champion"
     # gated on the fixed test split AND the held-out newest feedback
     assert set(outcome.decision["challenger_scores"]) == {"test", "recent_feedback"}
     assert outcome.feedback["splits"]["train"]["rows"] == 126
