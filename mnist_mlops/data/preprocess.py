@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 BASELINE_FILE = "baseline.json"
 MANIFEST_FILE = "manifest.json"
 _SPARK_OUTPUT = "_spark_output"
+# parquet-mr lists each column chunk's encodings from a HashSet whose order changes from one
+# JVM to the next, so files differ byte-wise between identical runs (and DVC would see new
+# data). With v2 pages and no dictionary every chunk has exactly one encoding: same rows,
+# same bytes.
+_REPRODUCIBLE_PARQUET = {"parquet.writer.version": "v2", "parquet.enable.dictionary": "false"}
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ def write_splits(frame: DataFrame, out_dir: Path, partitions: int, normalization
         )
         .coalesce(partitions)
         .write.mode("errorifexists")
+        .options(**_REPRODUCIBLE_PARQUET)
         .partitionBy("split")
         .parquet(str(spark_out))
     )

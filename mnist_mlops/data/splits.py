@@ -2,7 +2,7 @@
 
 Layout contract (written by ``mnist_mlops.data.preprocess``)::
 
-    <processed_dir>/<split>/part-*.parquet   columns: image_id string, label int8, pixels binary(784)
+    <processed_dir>/<split>/part-*.parquet   image_id string, label int8, pixels 784-byte binary
     <processed_dir>/baseline.json            training-set statistics for drift monitoring
     <processed_dir>/manifest.json            row counts and content hashes per split
 

@@ -24,7 +24,9 @@ def _glyph(label: int) -> Image.Image:
 _GLYPHS = [_glyph(k) for k in range(NUM_CLASSES)]
 
 
-def synthetic_digits(n: int, seed: int = 0, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_digits(
+    n: int, seed: int = 0, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` uint8 images (n, 28, 28) and int64 labels; balanced labels unless given."""
     rng = np.random.default_rng(seed)
     if labels is None:
