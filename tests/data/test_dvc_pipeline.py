@@ -83,6 +83,17 @@ def test_dvc_repro_runs_then_is_a_no_op(dvc_repo) -> None:
     assert json.loads((processed / "manifest.json").read_text()) == manifest
 
 
+def test_forced_rerun_in_a_new_jvm_reproduces_the_same_bytes(dvc_repo) -> None:
+    """Same rows must give the same Parquet bytes, or DVC would re-run every later stage."""
+    repo, env = dvc_repo
+    lock_before = (repo / "dvc.lock").read_text()
+    if "data/processed/train" not in lock_before:
+        pytest.skip("needs the repro from test_dvc_repro_runs_then_is_a_no_op")
+    output = run([str(VENV_BIN / "dvc"), "repro", "--force", "preprocess"], repo, env)
+    assert "Running stage 'preprocess'" in output
+    assert (repo / "dvc.lock").read_text() == lock_before
+
+
 def test_dvc_tracks_only_the_params_the_stage_reads(dvc_repo) -> None:
     repo, env = dvc_repo
     if not (repo / "data" / "processed" / "manifest.json").exists():
