@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import platform
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -88,6 +90,21 @@ def data_manifest_hash(processed_dir: str | Path) -> str:
         return "unknown"
 
 
+def hardware_description(device: torch.device) -> str:
+    """What the run ran on, for results tables: GPU name, or CPU model, cores and torch threads."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
 class MlflowLogger(Callback):
     """Logs params, per-epoch metrics, test metrics, artifacts and the served model of one run."""
 
@@ -155,6 +172,7 @@ class MlflowLogger(Callback):
                 "git_commit": git_commit(),
                 "backend": getattr(trainer.backend, "name", type(trainer.backend).__name__),
                 "device": str(trainer.device),
+                "hardware": hardware_description(trainer.device),
                 "model": module.name,
             }
         )

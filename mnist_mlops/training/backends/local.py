@@ -30,14 +30,14 @@ class LocalBackend:
             raise ValueError(f"backend.num_threads must be null or >= 1, got {num_threads!r}")
         self.channels_last = channels_last
         self.num_threads = num_threads
+        if num_threads:  # now, so everything after construction (and the run's tags) sees it
+            torch.set_num_threads(num_threads)
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _prepare(self, module: ClassifierModule, trainer: Trainer) -> None:
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
         module.to(trainer.device)
         module.net.to(memory_format=self.memory_format)
 
