@@ -122,3 +122,20 @@ def test_baseline_contract_violations_are_clear(baseline_payload) -> None:
     broken = {k: v for k, v in baseline_payload.items() if k != "pixel_histogram"}
     with pytest.raises(BaselineError, match="pixel_histogram"):
         Baseline.from_dict(broken)
+
+
+def test_probe_takes_embeddings_from_an_exported_graph_too(tiny_model, fresh_digits) -> None:
+    """MLflow's default pt2 format loads as a GraphModule without nn.Linear submodules."""
+    import torch
+
+    from mnist_mlops.monitoring.model_probe import ModelProbe
+
+    images = fresh_digits[0][:64]
+    example = torch.zeros(8, 1, 28, 28)
+    batch = torch.export.Dim("batch")
+    graph = torch.export.export(tiny_model, (example,), dynamic_shapes=({0: batch},)).module()
+    eager = ModelProbe(tiny_model, "eager", "1").predict(images)
+    exported = ModelProbe(graph, "graph", "1").predict(images)
+    np.testing.assert_allclose(exported[0], eager[0], atol=1e-5)
+    np.testing.assert_allclose(exported[1], eager[1], atol=1e-5)
+    assert exported[1].shape == (64, 64)

@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from mnist_mlops.config import CONFIG_DIR
@@ -20,6 +21,7 @@ from mnist_mlops.data.splits import arrays_to_table
 from mnist_mlops.data.synthetic import synthetic_digits
 from mnist_mlops.monitoring.check import run_drift_check
 from mnist_mlops.monitoring.report import DriftExit
+from mnist_mlops.tracking.mlflow_logger import log_inference_model
 
 
 def _write_split(root: Path, name: str, images: np.ndarray, labels: np.ndarray) -> Path:
@@ -79,7 +81,9 @@ def test_clean_window_writes_reports_and_an_mlflow_run(project: Path) -> None:
     assert experiment.name == "mnist-drift"
 
 
-def test_registered_model_drives_the_label_free_detectors(project: Path, tiny_model) -> None:
+def test_registered_model_drives_the_label_free_detectors(
+    project: Path, tiny_model, fresh_digits
+) -> None:
     cfg = _compose(
         project,
         "source.path=${paths.processed_dir}/inverted",
@@ -90,10 +94,9 @@ def test_registered_model_drives_the_label_free_detectors(project: Path, tiny_mo
 
     client = configure_mlflow(cfg.registry)
     with mlflow.start_run(experiment_id=ensure_experiment(cfg.registry)):
-        # MLflow's default pt2 (torch.export) format: no nn.Linear modules survive loading
-        example = np.zeros((2, 1, 28, 28), np.float32)
-        info = mlflow.pytorch.log_model(tiny_model, name="model", input_example=example)
-    version = mlflow.register_model(info.model_uri, cfg.registry.model_name)
+        # logged exactly as training logs every model (the served InferenceModel contract)
+        uri = log_inference_model(tiny_model.net, torch.from_numpy(fresh_digits[0][:4]))
+    version = mlflow.register_model(uri, cfg.registry.model_name)
     client.set_registered_model_alias(cfg.registry.model_name, "production", version.version)
 
     report = run_drift_check(cfg)

@@ -341,3 +341,19 @@ def test_interrupted_retrain_changes_nothing_and_blocks_a_second_one(
     assert first.returncode != 0
     assert alias_version(client, MODEL, "production") == champion
     assert _versions(client) == before  # the half-way challenger was removed
+
+
+def test_feedback_snapshot_is_versioned_with_dvc(tmp_path: Path) -> None:
+    from mnist_mlops.monitoring.feedback import dvc_version
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    _log_predictions(tmp_path / "log", n=40, n_labelled=40)
+    snap = collect_feedback(tmp_path / "log", tmp_path / "data" / "feedback", 0.0, 10)
+    assert snap is not None
+    dvc_file = Path(dvc_version(snap.root, tmp_path))
+    assert dvc_file == tmp_path / "data" / "feedback.dvc"
+    assert "md5:" in dvc_file.read_text() and "path: feedback" in dvc_file.read_text()
+    # not a DVC repo: no versioning, no error
+    assert dvc_version(snap.root, tmp_path / "data") is None
