@@ -91,6 +91,21 @@ def standin_store(store: Path) -> str:
     return cfg.tracking_uri
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a server process and all its children (uvicorn workers)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def wrk(url: str, body: str, concurrency: int, duration: int, workdir: Path) -> dict:
     """One wrk run (1 thread) POSTing ``body``; returns req/s, p50/p99 ms and error counts."""
     script = workdir / "post.lua"
@@ -174,22 +189,39 @@ def main() -> None:
     servers = {
         "this app": subprocess.Popen(
             [
-                PYTHON, "-m", "mnist_mlops.serve",
+                PYTHON,
+                "-m",
+                "mnist_mlops.serve",
                 f"server.port={ours_port}",
                 f"serving.prediction_log_dir={workdir}/predictions",
                 "serving.poll_interval_s=0",
                 f"hydra.run.dir={workdir}/hydra",
             ],
-            cwd=ROOT, env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=open(workdir / "app.log", "w"),  # noqa: SIM115
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "app.log", "w"),  # noqa: SIM115
         ),
         "mlflow models serve": subprocess.Popen(
             [
-                MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", "local",
-                "--host", "127.0.0.1", "-p", str(mlflow_port),
+                MLFLOW,
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(mlflow_port),
             ],
-            cwd=workdir, env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=open(workdir / "mlflow.log", "w"),  # noqa: SIM115
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "mlflow.log", "w"),  # noqa: SIM115
         ),
     }
     targets = {
@@ -218,13 +250,21 @@ def main() -> None:
             results["servers"][name] = {}
             for concurrency in CONCURRENCY:
                 wrk(url, body, concurrency, 2, workdir)  # warm-up
-                results["servers"][name][concurrency] = wrk(
-                    url, body, concurrency, args.duration, workdir
-                )
+                cpu_before = cpu_seconds(servers[name].pid)
+                row = wrk(url, body, concurrency, args.duration, workdir)
+                # CPU per request is robust to other load on the machine; req/s is not.
+                used = cpu_seconds(servers[name].pid) - cpu_before
+                row["server_cpu_ms_per_request"] = 1000 * used / max(row["requests"], 1)
+                results["servers"][name][concurrency] = row
         images = np.resize(_test_digits(), (args.batch_size, 28, 28))
+        cpu_before = cpu_seconds(servers["this app"].pid)
         results["batch"] = batch_throughput(
             f"http://127.0.0.1:{ours_port}/predict/batch", images, args.batch_repeats
         )
+        used = cpu_seconds(servers["this app"].pid) - cpu_before
+        served = (args.batch_repeats + 1) * len(images) + 1000
+        results["batch"]["server_images_per_cpu_s"] = served / used
+        results["model_calls"] = _model_call_sizes(f"http://127.0.0.1:{ours_port}/metrics")
     finally:
         for process in servers.values():
             stop(process)
@@ -250,6 +290,14 @@ def _test_digit() -> np.ndarray:
     return _test_digits()[0]
 
 
+def _model_call_sizes(url: str) -> dict:
+    """Mean images per model call, from the app's own histogram (micro-batching at work)."""
+    text = httpx.get(url).text
+    total = float(re.search(r"^mnist_model_call_images_sum ([\d.e+]+)$", text, re.M).group(1))
+    calls = float(re.search(r"^mnist_model_call_images_count ([\d.e+]+)$", text, re.M).group(1))
+    return {"calls": calls, "mean_images_per_call": total / max(calls, 1)}
+
+
 def _check_same_answer(name: str, url: str, body: str) -> None:
     response = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
     response.raise_for_status()
@@ -258,20 +306,24 @@ def _check_same_answer(name: str, url: str, body: str) -> None:
 
 def _print_table(results: dict) -> None:
     print(f"\nmodel {results['model_uri']}  ({results['machine']})")
-    print(f"{'server':<22}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    header = f"{'server':<22}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    print(header + f"{'CPU ms/req':>12}")
     for name, rows in results["servers"].items():
         for concurrency, row in rows.items():
             print(
                 f"{name:<22}{concurrency:>5}{row['rps']:>10.0f}{row['p50_ms']:>9.2f}"
-                f"{row['p99_ms']:>9.2f}{row['errors']:>8}"
+                f"{row['p99_ms']:>9.2f}{row['errors']:>8}{row['server_cpu_ms_per_request']:>12.2f}"
             )
     ours, theirs = results["servers"]["this app"][16], results["servers"]["mlflow models serve"][16]
     print(f"c=16 speed-up: {ours['rps'] / theirs['rps']:.1f}x req/s")
     batch = results["batch"]
     print(
         f"/predict/batch: {batch['raw_uint8_images_per_s']:.0f} images/s (raw uint8), "
-        f"{batch['json_images_per_s']:.0f} images/s (JSON)"
+        f"{batch['json_images_per_s']:.0f} images/s (JSON); "
+        f"{batch['server_images_per_cpu_s']:.0f} images per server CPU-second"
     )
+    calls = results["model_calls"]
+    print(f"micro-batching: {calls['mean_images_per_call']:.1f} images per model call on average")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ import json
 import os
 import tempfile
 
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning on the two cores
+# the event loop and the inference thread need.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import hydra
 import uvicorn
 from omegaconf import DictConfig, OmegaConf

@@ -36,11 +36,18 @@ class InferenceEngine:
         micro_batch_max: int = 256,
         chunk: int = 2048,
         on_batch: Callable[[int], None] | None = None,
+        max_threads: int = 1,
+        parallel_min_images: int = 256,
     ) -> None:
         self.model: LoadedModel | None = None
         self.micro_batch_max = micro_batch_max
         self.chunk = chunk
         self.on_batch = on_batch  # observes the size of every model call (metrics)
+        # Small calls run on one thread: spreading 16 images over two OpenMP threads costs
+        # more in wake-ups (and spinning that steals the event loop's core) than it saves.
+        self.max_threads = max_threads
+        self.parallel_min_images = parallel_min_images
+        self._threads = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._thread.start()
@@ -96,8 +103,15 @@ class InferenceEngine:
             fut.set_result((probs[start : start + len(images)], model))
             start += len(images)
 
+    def _use_threads(self, images: int) -> None:
+        wanted = self.max_threads if images >= self.parallel_min_images else 1
+        if wanted != self._threads:
+            torch.set_num_threads(wanted)
+            self._threads = wanted
+
     def _forward(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
         out = np.empty((len(images), 10), dtype=np.float32)
+        self._use_threads(len(images))
         with torch.inference_mode():
             for start in range(0, len(images), self.chunk):
                 part = torch.from_numpy(images[start : start + self.chunk])

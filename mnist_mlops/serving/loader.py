@@ -72,8 +72,6 @@ class ModelResolver:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         configure_http_timeouts(settings)
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        mlflow.set_registry_uri(settings.effective_registry_uri)
         self.client = MlflowClient(
             tracking_uri=settings.tracking_uri, registry_uri=settings.effective_registry_uri
         )
@@ -115,6 +113,10 @@ class ModelResolver:
     def _loaded(
         self, uri: str, version: str | None, run_id: str | None, source: str
     ) -> LoadedModel:
+        # models:/ and runs:/ URIs resolve through MLflow's process-wide URIs: set ours now,
+        # not at construction, so another resolver in the same process cannot redirect us.
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        mlflow.set_registry_uri(self.settings.effective_registry_uri)
         module, dtype, device = prepare_for_inference(
             load_logged_model(uri), self.settings.precision, self.settings.device
         )
