@@ -242,10 +242,12 @@ def _feature_plot(name: str, reference: np.ndarray, current: np.ndarray) -> dict
     }
 
 
-def _require_features(ctx: DriftContext, names: list[str]) -> None:
+def _feature_pairs(ctx: DriftContext, names: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(feature, baseline reference sample, window values) for each named feature."""
     missing = [n for n in names if n not in ctx.baseline.feature_samples]
     if missing:
         raise ValueError(f"baseline has no reference sample for feature(s) {missing}")
+    return [(n, ctx.baseline.feature_samples[n], ctx.features[n]) for n in names]
 
 
 @dataclass
@@ -258,11 +260,9 @@ class FeaturePSI:
     name: str = "feature_psi"
 
     def evaluate(self, ctx: DriftContext) -> list[Finding]:
-        _require_features(ctx, list(self.features))
         out = []
-        for feature in self.features:
-            reference = ctx.baseline.feature_samples[feature]
-            value, edges, *_ = stats.sample_psi(reference, ctx.features[feature], self.n_bins)
+        for feature, reference, current in _feature_pairs(ctx, list(self.features)):
+            value, edges, *_ = stats.sample_psi(reference, current, self.n_bins)
             out.append(
                 _psi_finding(
                     self.name,
@@ -291,11 +291,8 @@ class FeatureKS:
     name: str = "feature_ks"
 
     def evaluate(self, ctx: DriftContext) -> list[Finding]:
-        _require_features(ctx, list(self.features))
         out = []
-        for feature in self.features:
-            reference = ctx.baseline.feature_samples[feature]
-            current = ctx.features[feature]
+        for feature, reference, current in _feature_pairs(ctx, list(self.features)):
             result = stats.ks_test(reference, current)
             out.append(
                 Finding(
