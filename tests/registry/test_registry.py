@@ -7,8 +7,8 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from conftest import register_config
 from model_standins import client_for, registry_config
+from registry_helpers import register_config
 
 from mnist_mlops.data.splits import MnistArrays, load_split
 from mnist_mlops.register import register

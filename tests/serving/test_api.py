@@ -8,9 +8,9 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import make_settings
 from fastapi.testclient import TestClient
 from PIL import Image
+from serving_helpers import make_settings
 
 from mnist_mlops.data.splits import load_split
 from mnist_mlops.serving.app import create_app

@@ -6,7 +6,7 @@ import threading
 import time
 
 import httpx
-from conftest import (
+from serving_helpers import (
     ADMIN_TOKEN,
     free_port,
     get_json,

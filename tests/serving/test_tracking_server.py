@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from conftest import free_port, wait_until
 from model_standins import log_standin, train_standin
 from omegaconf import OmegaConf
+from serving_helpers import free_port, wait_until
 
 from mnist_mlops.register import register
 from mnist_mlops.tracking.registry import alias_version

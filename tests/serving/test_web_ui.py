@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import live_server, make_settings
+from serving_helpers import live_server, make_settings
 
 from mnist_mlops.serving.prediction_log import read_prediction_log
 
