@@ -7,6 +7,7 @@ import json
 import mlflow
 import numpy as np
 import pytest
+import torch
 from model_standins import client_for, registry_config
 from registry_helpers import register_config
 
@@ -88,8 +89,6 @@ def test_every_eval_set_must_be_won(store, standin_store, synthetic_processed_di
     promote_if_better(client, reg, champion, {"test": test})
     # "Recent" data on which the labels disagree with the good model: it cannot win there.
     good_model = mlflow.pytorch.load_model(f"models:/{reg.model_name}/{challenger}")
-    import torch
-
     with torch.inference_mode():
         predicted = good_model(torch.from_numpy(test.images).float().unsqueeze(1) / 255).argmax(1)
     adversarial = MnistArrays(test.images, (predicted.numpy() + 1) % 10, test.image_ids)
