@@ -4,8 +4,12 @@ failure reporting and the Hydra configs. The real Spark runs are in test_distrib
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import socket
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +21,20 @@ from omegaconf import DictConfig
 
 from mnist_mlops.config import CONFIG_DIR
 from mnist_mlops.training.backends.distributed import (
+    DistributedBackend,
     DistributedTrainingError,
     DriverLink,
     EpochChannel,
     EpochReport,
     RankBatches,
+    TrainJob,
     report_failure,
 )
+from mnist_mlops.training.backends.local import LocalBackend
 from mnist_mlops.training.backends.orca import OrcaBackend
-from mnist_mlops.training.backends.spark_ddp import SparkDDPBackend
+from mnist_mlops.training.backends.spark_ddp import SparkDDPBackend, ddp_worker
 from mnist_mlops.training.datamodule import MnistDataModule
+from mnist_mlops.training.trainer import Trainer
 
 
 def _compose(*overrides: str) -> DictConfig:
@@ -197,3 +205,55 @@ def test_orca_cluster_submit_args_fix_python_home_and_jars(monkeypatch, tmp_path
     assert "log4j2.configurationFile=file:" in args
     assert env["BIGDL_JARS"].endswith(".jar ")  # BigDL appends pyspark-shell without a space
     assert backend._context_args({})["cluster_mode"] == "spark-submit"
+
+
+# --- the worker loop reproduces local training ----------------------------------------------
+class _InProcessDDP(DistributedBackend):
+    """The spark_ddp worker loop as a world of one, in this process (no Spark, no torchrun)."""
+
+    name = "inprocess_ddp"
+
+    @contextlib.contextmanager
+    def _cluster(self) -> Iterator[str]:
+        yield "127.0.0.1"
+
+    def _launch(self, job: TrainJob) -> None:
+        ddp_worker(job, threads=1, timeout_s=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_worker_loop_matches_local_training_exactly(
+    synthetic_processed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without dropout and with one rank, a distributed run IS a local run: same batches, same
+    steps, same metrics, same weights. (With more ranks only BatchNorm's per-rank batch
+    statistics and dropout masks differ; see test_distributed_training.py.)"""
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }.items():
+        monkeypatch.setenv(key, value)
+    cfg = _compose("model=gap_v8", "model.net.dropout=0.0")
+    torch.manual_seed(0)
+    module = instantiate(cfg.model)
+    results = {}
+    for backend in (LocalBackend(num_threads=1), _InProcessDDP()):
+        trainer = Trainer(backend=backend, epochs=2, device="cpu", limit_train_batches=6)
+        data = MnistDataModule(synthetic_processed_dir, batch_size=32, eval_batch_size=100, seed=5)
+        trained = copy.deepcopy(module)
+        trainer.fit(trained, data)
+        results[backend.name] = (trainer.history, trained.net.state_dict())
+    (local_history, local_state), (ddp_history, ddp_state) = results.values()
+    for local_epoch, ddp_epoch in zip(local_history, ddp_history, strict=True):
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "lr"):
+            assert ddp_epoch[key] == pytest.approx(local_epoch[key], abs=1e-5), key
+    for name, tensor in local_state.items():
+        assert torch.allclose(ddp_state[name].float(), tensor.float(), atol=1e-5), name

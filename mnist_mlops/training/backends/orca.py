@@ -253,7 +253,8 @@ class OrcaBackend(DistributedBackend):
         threads = torch.get_num_threads()  # Orca's driver-side runner changes them
         with tempfile.TemporaryDirectory(prefix="orca-") as tmp:
             conf = self._spark_conf(Path(tmp) / "log4j2.properties")
-            with _environ(PYTHONHOME=sys.base_prefix, **self._submit_env(conf)):
+            # KMP_SETTINGS=0: BigDL would make Intel OpenMP print its ~70 settings
+            with _environ(PYTHONHOME=sys.base_prefix, KMP_SETTINGS="0", **self._submit_env(conf)):
                 self._sc = init_orca_context(**self._context_args(conf))
             try:
                 yield self._sc.getConf().get("spark.driver.host", "127.0.0.1")
@@ -381,14 +382,15 @@ class OrcaBackend(DistributedBackend):
 
 @contextlib.contextmanager
 def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables for a block, then restore what was there."""
-    saved = {key: os.environ.get(key) for key in values}
+    """Set environment variables for a block, then restore the whole environment.
+
+    Whole, because ``init_orca_context`` also sets OMP_NUM_THREADS=1 and KMP_* for the JVM it
+    starts; the driver process should not keep them.
+    """
+    saved = dict(os.environ)
     os.environ.update(values)
     try:
         yield
     finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+        os.environ.clear()
+        os.environ.update(saved)

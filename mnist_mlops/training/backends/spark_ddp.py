@@ -76,11 +76,14 @@ class SparkDDPBackend(DistributedBackend):
         local_mode = self.local_mode
         if local_mode is None:
             local_mode = self._spark.sparkContext.master.startswith("local")
+        threads = self.threads_per_process
+        if threads is None and not local_mode:  # a barrier task owns spark.task.cpus cores
+            threads = int(self._spark.sparkContext.getConf().get("spark.task.cpus", "1"))
         distributor = TorchDistributor(
             num_processes=self.num_processes, local_mode=local_mode, use_gpu=self.use_gpu
         )
         # The return value is ignored on purpose: rank 0 reports through the job's channel.
-        distributor.run(ddp_worker, job, self.threads_per_process, self.timeout_s)
+        distributor.run(ddp_worker, job, threads, self.timeout_s)
 
     def _cancel(self) -> None:
         if self._spark is not None:
