@@ -133,3 +133,25 @@ def test_unfinished_or_unknown_run_id_is_refused(store, synthetic_processed_dir,
     with pytest.raises(ValueError, match="RUNNING"):
         register(cfg, run_id=running.info.run_id)
     assert client.search_model_versions("name='mnist-classifier'") == []
+
+
+def test_a_model_that_cannot_take_a_batch_is_not_servable(
+    store, standin_store, synthetic_processed_dir, tmp_path
+):
+    """MLflow's default 'pt2' export traced on one image only accepts batches of one: such a
+    run must lose to a servable one even with a better validation metric."""
+    from model_standins import train_standin
+
+    client = client_for(store)
+    experiment = client.get_experiment_by_name("mnist")
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="batch-of-one"):
+        mlflow.log_metric("val/acc_best", 1.0)
+        mlflow.pytorch.log_model(
+            train_standin(synthetic_processed_dir, steps=1),
+            name="model",
+            input_example=np.zeros((1, 1, 28, 28), np.float32),
+            serialization_format="pt2",
+            pip_requirements=[],
+        )
+    cfg = register_config(store, synthetic_processed_dir, tmp_path / "reports")
+    assert register(cfg).challenger_run_id == standin_store.good.run_id
