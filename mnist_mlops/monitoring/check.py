@@ -102,10 +102,11 @@ def evaluate_window(
     classify(report.findings, thresholds)
     worst = max((f.status for f in report.findings), key=lambda s: s.rank, default=Status.OK)
     report.status = Status.OK.value if worst is Status.SKIPPED else worst.value
-    flagged = [f.name for f in report.findings if f.status in (Status.WARN, Status.ALERT)]
-    report.message = f"{report.status}: " + (
-        ", ".join(flagged) if flagged else "no test flagged drift"
-    )
+    alerts = [f.name for f in report.findings if f.status is Status.ALERT]
+    warns = [f.name for f in report.findings if f.status is Status.WARN]
+    parts = [f"alert on {', '.join(alerts)}"] if alerts else []
+    parts += [f"warn on {', '.join(warns)}"] if warns else []
+    report.message = f"{report.status}: " + ("; ".join(parts) or "no test flagged drift")
     report.timings_s["total"] = round(time.perf_counter() - started, 4)
     return report
 

@@ -204,7 +204,8 @@ class PixelHistogramPSI:
         value = stats.psi(ctx.baseline.pixel_fractions, ctx.pixel_fractions)
         edges = ctx.baseline.pixel_bin_edges
         bin_labels = [
-            f"{lo:.2f}-{min(hi, 1.0):.2f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+            "0 (bg)" if hi * 255 <= 1 else f"{lo:.1f}-{min(hi, 1.0):.1f}"
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True)
         ]
         # pixels within an image are correlated, so count images, not pixels, as the sample
         n_ref = int(ctx.baseline.source.get("n_images", 0))
@@ -217,12 +218,15 @@ class PixelHistogramPSI:
                 len(bin_labels),
                 len(ctx.window),
                 n_ref,
-                plot=_bar_plot(
-                    "pixel intensity histogram",
-                    bin_labels,
-                    ctx.baseline.pixel_fractions,
-                    ctx.pixel_fractions,
-                ),
+                plot={
+                    **_bar_plot(
+                        "pixel intensity histogram (log scale)",
+                        bin_labels,
+                        ctx.baseline.pixel_fractions,
+                        ctx.pixel_fractions,
+                    ),
+                    "log": True,
+                },
             )
         ]
 

@@ -127,6 +127,8 @@ def _plot_distribution(plot: dict[str, Any]) -> str:
         edges = np.asarray(plot["edges"])
         ax.stairs(baseline, edges, label="baseline", fill=True, alpha=0.4)
         ax.stairs(current, edges, label="current", linewidth=1.5)
+    if plot.get("log"):
+        ax.set_yscale("log")
     ax.set_title(plot["title"], fontsize=9)
     ax.set_ylabel("fraction")
     ax.legend(fontsize=7)
