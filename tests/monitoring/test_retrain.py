@@ -357,3 +357,24 @@ def test_feedback_snapshot_is_versioned_with_dvc(tmp_path: Path) -> None:
     assert "md5:" in dvc_file.read_text() and "path: feedback" in dvc_file.read_text()
     # not a DVC repo: no versioning, no error
     assert dvc_version(snap.root, tmp_path / "data") is None
+
+
+def test_watch_mode_runs_cycles_and_survives_a_refused_one(
+    tmp_path: Path, synthetic_processed_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnist_mlops.retrain import EXIT_LOCKED, run_once, watch
+
+    cfg = _compose(
+        tmp_path,
+        synthetic_processed_dir,
+        "drift.check_now=false",
+        "watch.enabled=true",
+        "watch.interval_s=0",
+        "watch.max_cycles=2",
+    )
+    assert watch(cfg) == 0
+    assert capsys.readouterr().out.count("retrain skipped: no drift alert marker") == 2
+    with exclusive_lock(cfg.lock_path, "retrain"):
+        assert run_once(cfg) == EXIT_LOCKED
+        assert watch(cfg) == 0  # a refused cycle is reported, the watcher carries on
+    assert capsys.readouterr().err.count("retrain refused: another retrain") == 3
