@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--model-version", default=None, help="default: the production alias")
     parser.add_argument("--standin", action="store_true", help="untrained gap_v8, temp store")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of this app")
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--batch-repeats", type=int, default=5)
     parser.add_argument("--output", default=str(ROOT / "reports/benchmarks/serving.json"))
@@ -195,6 +196,7 @@ def main() -> None:
                 f"server.port={ours_port}",
                 f"serving.prediction_log_dir={workdir}/predictions",
                 "serving.poll_interval_s=0",
+                f"server.workers={args.workers}",
                 f"hydra.run.dir={workdir}/hydra",
             ],
             cwd=ROOT,
@@ -241,6 +243,7 @@ def main() -> None:
         "standin": args.standin,
         "machine": f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()}",
         "load_generator": "wrk -t1 --latency, one 28x28 digit per request",
+        "app_workers": args.workers,
         "servers": {},
     }
     try:
