@@ -1,6 +1,7 @@
 """Serving benchmark: this app vs ``mlflow models serve`` on the same registered model.
 
-Both servers serve the same registry version of ``gap_v8``; the same load generator (``wrk``,
+Both servers serve the same registry version of ``gap_v8`` with the same number of uvicorn
+workers (``--workers``, default 2: one per core); the same load generator (``wrk``,
 Debian package, one thread so it leaves the cores to the servers) sends one 28x28 test digit
 per request at concurrency 1, 16 and 64; then ``/predict/batch`` is timed with raw uint8
 bodies. Results print side by side and go to ``reports/benchmarks/serving.json``.
@@ -163,7 +164,9 @@ def main() -> None:
     parser.add_argument("--model-version", default=None, help="default: the production alias")
     parser.add_argument("--standin", action="store_true", help="untrained gap_v8, temp store")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of this app")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="uvicorn workers, the same for both servers"
+    )
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--batch-repeats", type=int, default=5)
     parser.add_argument("--output", default=str(ROOT / "reports/benchmarks/serving.json"))
@@ -218,6 +221,8 @@ def main() -> None:
                 "127.0.0.1",
                 "-p",
                 str(mlflow_port),
+                "-w",
+                str(args.workers),
             ],
             cwd=workdir,
             env=env,
@@ -243,7 +248,7 @@ def main() -> None:
         "standin": args.standin,
         "machine": f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()}",
         "load_generator": "wrk -t1 --latency, one 28x28 digit per request",
-        "app_workers": args.workers,
+        "uvicorn_workers_each": args.workers,
         "servers": {},
     }
     try:

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -121,6 +122,10 @@ class PredictionService:
             if prediction_id in self._recent:
                 return True
         self.log.flush()
+        if prediction_exists(self.settings.prediction_log_dir, prediction_id):
+            return True
+        # Served by another worker whose buffer is not on disk yet: wait one flush interval.
+        time.sleep(self.settings.prediction_log_flush_interval_s + 0.05)
         return prediction_exists(self.settings.prediction_log_dir, prediction_id)
 
     def record_feedback(self, prediction_id: str, label: int) -> None:
