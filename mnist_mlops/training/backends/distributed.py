@@ -277,6 +277,8 @@ class EpochChannel:
                 raise DistributedTrainingError(
                     f"workers did not stop within {_STOP_GRACE_S:.0f} s after the driver asked"
                 )
+        for conn in conns:
+            conn.close()
         launch_error = launched["error"]
         if failures:
             first = failures[0]
