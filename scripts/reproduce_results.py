@@ -79,7 +79,9 @@ def tracking_uri(overrides: list[str]) -> str:
     return str(OmegaConf.select(cfg, "registry.tracking_uri"))
 
 
-def collect(client: MlflowClient, results_id: str, run_ids: list[str]) -> list[Any]:
+def collect(
+    client: MlflowClient, results_id: str, run_ids: list[str], include_running: bool
+) -> list[Any]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = (
         client.search_runs(
@@ -89,7 +91,8 @@ def collect(client: MlflowClient, results_id: str, run_ids: list[str]) -> list[A
         else []
     )
     runs += [client.get_run(r) for r in run_ids]
-    return [r for r in runs if r.info.status == "FINISHED"]
+    wanted = ("FINISHED", "RUNNING") if include_running else ("FINISHED",)
+    return [r for r in runs if r.info.status in wanted]
 
 
 def summarise(client: MlflowClient, run: Any) -> dict[str, Any]:
@@ -105,17 +108,20 @@ def summarise(client: MlflowClient, run: Any) -> dict[str, Any]:
         "test_acc": metrics.get("test/acc"),
         "test_loss": metrics.get("test/loss"),
         "final_val_acc": metrics.get("val/acc"),
-        "best_epoch": int(metrics.get("best_epoch", -1)) + 1,
+        "best_epoch": int(metrics["best_epoch"]) + 1 if "best_epoch" in metrics else "-",
         "epoch_time_s": statistics.mean(epoch_times) if epoch_times else float("nan"),
         "hardware": tags.get("hardware", "?"),
         "device": tags.get("device", "?"),
         "run_id": run.info.run_id,
+        "status": run.info.status,
         "git_commit": tags.get("git_commit", "?"),
     }
 
 
 def render(rows: list[dict[str, Any]], results_id: str) -> str:
     pct = lambda v: f"{100 * v:.2f}" if v is not None else "-"  # noqa: E731
+    num = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
+    run = lambda r: f"`{r['run_id'][:8]}`" + (" (running)" if r["status"] == "RUNNING" else "")  # noqa: E731
     report = sorted(
         (r for r in rows if r["experiment"] == "report"),
         key=lambda r: MODELS.index(r["model"]) if r["model"] in MODELS else 99,
@@ -145,8 +151,8 @@ def render(rows: list[dict[str, Any]], results_id: str) -> str:
         number = MODELS.index(row["model"]) + 1 if row["model"] in MODELS else "-"
         lines.append(
             f"| {number} | {row['model']} | {row['params']:,} | {row['epochs']} | "
-            f"{pct(row['val_acc_best'])} | {pct(row['test_acc'])} | {row['test_loss']:.4f} | "
-            f"{row['best_epoch']} | {row['epoch_time_s']:.1f} | {ref} | `{row['run_id'][:8]}` |"
+            f"{pct(row['val_acc_best'])} | {pct(row['test_acc'])} | {num(row['test_loss'])} | "
+            f"{row['best_epoch']} | {row['epoch_time_s']:.1f} | {ref} | {run(row)} |"
         )
     if not report:
         lines.append("| - | (no finished runs) | | | | | | | | | |")
@@ -160,18 +166,18 @@ def render(rows: list[dict[str, Any]], results_id: str) -> str:
     for row in sorted(best, key=lambda r: str(r["seed"])):
         lines.append(
             f"| {row['seed']} | {row['params']:,} | {row['epochs']} | {pct(row['val_acc_best'])} | "
-            f"{pct(row['test_acc'])} | {row['test_loss']:.4f} | {row['epoch_time_s']:.1f} | "
-            f"`{row['run_id'][:8]}` |"
+            f"{pct(row['test_acc'])} | {num(row['test_loss'])} | {row['epoch_time_s']:.1f} | "
+            f"{run(row)} |"
         )
-    if best:
-        accs = [r["test_acc"] for r in best]
+    if best and any(r["test_acc"] is not None for r in best):
+        accs = [r["test_acc"] for r in best if r["test_acc"] is not None]
         spread = f" ± {100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
         lines += [
             "",
             f"Mean test accuracy over {len(accs)} seed(s): "
             f"**{100 * statistics.mean(accs):.2f}%**{spread}.",
         ]
-    else:
+    if not best:
         lines.append("| - | (no finished runs) | | | | | | |")
     lines += ["", "Reproduce: `python scripts/reproduce_results.py` (see its docstring).", ""]
     return "\n".join(lines)
@@ -188,6 +194,11 @@ def main() -> None:
         action="append",
         default=[],
         help="extra Hydra override for every run (and for finding the store)",
+    )
+    parser.add_argument(
+        "--include-running",
+        action="store_true",
+        help="also list unfinished runs (marked running; no test numbers yet)",
     )
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "results.md")
     args = parser.parse_args()
@@ -208,11 +219,11 @@ def main() -> None:
                 args.override,
             )
     client = MlflowClient(tracking_uri=tracking_uri(args.override))
-    runs = collect(client, args.results_id, args.run_id)
+    runs = collect(client, args.results_id, args.run_id, args.include_running)
     rows = [summarise(client, run) for run in runs]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(rows, args.results_id))
-    print(f"wrote {args.output} from {len(rows)} finished run(s)")
+    print(f"wrote {args.output} from {len(rows)} run(s)")
 
 
 if __name__ == "__main__":
