@@ -302,32 +302,48 @@ def test_better_challenger_with_feedback_is_promoted_and_marker_retired(
     )
 
 
+def _start_paused(root: Path, processed: Path, step: str, pause_s: int = 300) -> subprocess.Popen:
+    """A real retrain (CLI) that sleeps ``pause_s`` before ``step``; returns once it is there."""
+    proc = _cli(
+        root,
+        processed,
+        "trigger=force",
+        f"train.overrides={_quote_list(GOOD_TRAINING)}",
+        f"drill.pause_before={step}",
+        f"drill.pause_s={pause_s}",
+        wait=False,
+    )
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        statuses = (root / "outputs" / "retrain").glob("*/status.json")
+        if any(json.loads(p.read_text())["step"] == step for p in statuses):
+            return proc
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"retrain never reached {step}")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
 @pytest.mark.slow
-def test_interrupted_retrain_changes_nothing_and_blocks_a_second_one(
+def test_sigterm_before_the_gate_changes_nothing_and_a_second_run_is_refused(
     project, standin_store, synthetic_processed_dir: Path
 ) -> None:
     root, client = project
     champion = _set_champion(client, standin_store.bad.run_id)
     before = _versions(client)
-    first = _cli(
-        root,
-        synthetic_processed_dir,
-        "trigger=force",
-        f"train.overrides={_quote_list(GOOD_TRAINING)}",
-        "drill.pause_before=gate",
-        "drill.pause_s=300",
-        wait=False,
-    )
+    first = _start_paused(root, synthetic_processed_dir, "gate")
     try:
-        status_files = lambda: list((root / "outputs" / "retrain").glob("*/status.json"))  # noqa: E731
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            if any(json.loads(p.read_text())["step"] == "gate" for p in status_files()):
-                break
-            assert first.poll() is None, first.stdout.read()
-            time.sleep(0.5)
-        else:
-            pytest.fail("retrain never reached the gate")
         # paused right before the gate: the challenger is registered but undecided
         assert len(_versions(client)) == len(before) + 1
         second = _cli(root, synthetic_processed_dir, "trigger=force")
@@ -341,6 +357,51 @@ def test_interrupted_retrain_changes_nothing_and_blocks_a_second_one(
     assert first.returncode != 0
     assert alias_version(client, MODEL, "production") == champion
     assert _versions(client) == before  # the half-way challenger was removed
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_leaves_no_orphan_and_changes_nothing(
+    project, standin_store, synthetic_processed_dir: Path
+) -> None:
+    root, client = project
+    champion = _set_champion(client, standin_store.bad.run_id)
+    before = _versions(client)
+    retrain_proc = _start_paused(root, synthetic_processed_dir, "train", pause_s=0)
+    work_dir = next((root / "outputs" / "retrain").glob("2*")).name
+    deadline = time.time() + 60
+    while len(_processes_mentioning(work_dir)) < 1 and time.time() < deadline:
+        time.sleep(0.2)  # the training child names the work dir in its arguments
+    children = _processes_mentioning(work_dir)
+    assert children, "training child never started"
+    retrain_proc.kill()  # SIGKILL: no cleanup code runs in the retrain itself
+    retrain_proc.wait(timeout=30)
+    # well before the training could finish by itself (it has only just started)
+    deadline = time.time() + 5
+    while _processes_mentioning(work_dir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _processes_mentioning(work_dir) == [], "training child outlived the killed retrain"
+    assert alias_version(client, MODEL, "production") == champion
+    assert _versions(client) == before
+    # the kernel released the lock: the next retrain runs (and has nothing to do)
+    outcome = retrain(_compose(root, synthetic_processed_dir, "drift.check_now=false"))
+    assert outcome.status == "skipped"
+
+
+@pytest.mark.slow
+def test_sigkill_before_the_gate_is_cleaned_up_by_the_next_retrain(
+    project, standin_store, synthetic_processed_dir: Path
+) -> None:
+    root, client = project
+    champion = _set_champion(client, standin_store.bad.run_id)
+    before = _versions(client)
+    killed = _start_paused(root, synthetic_processed_dir, "gate")
+    killed.kill()
+    killed.wait(timeout=30)
+    assert alias_version(client, MODEL, "production") == champion  # never served
+    assert len(_versions(client)) == len(before) + 1  # undecided, until the next retrain
+    retrain(_compose(root, synthetic_processed_dir, "drift.check_now=false"))
+    assert _versions(client) == before
+    assert alias_version(client, MODEL, "production") == champion
 
 
 def test_feedback_snapshot_is_versioned_with_dvc(tmp_path: Path) -> None:
