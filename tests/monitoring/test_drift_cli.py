@@ -147,3 +147,38 @@ def test_tiny_window_reports_not_enough_data_without_alerting(project: Path) -> 
     assert report.exit_code == DriftExit.NOT_ENOUGH_DATA
     saved = json.loads((project / "tiny" / "drift_report.json").read_text())
     assert saved["status"] == "not_enough_data" and "20 images" in saved["message"]
+
+
+def test_prediction_log_source_last_n_and_time_window(project: Path, fresh_digits) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mnist_mlops.serving.prediction_log import PredictionLogWriter
+
+    images, _ = fresh_digits
+    log_dir = project / "served"
+    writer = PredictionLogWriter(log_dir, flush_interval_s=0.05)
+    day_ago = int((datetime.now(UTC) - timedelta(days=1)).timestamp() * 1e6)
+    probs = np.full((300, 10), 0.1, np.float32)
+    # yesterday: ordinary digits; in the last minutes: 120 inverted ones
+    writer.log_predictions([f"{i:032x}" for i in range(300)], images[:300], probs, "1", day_ago)
+    writer.log_predictions(
+        [f"{i:032x}" for i in range(300, 420)], 255 - images[300:420], probs[:120], "2"
+    )
+    writer.close()
+    common = (
+        "source=prediction_log",
+        f"source.log_dir={log_dir}",
+        "model.enabled=false",
+        "mlflow.enabled=false",
+    )
+    recent = run_drift_check(_compose(project, *common, "source.last_n=null", "source.since=1h"))
+    assert recent.status == "alert" and recent.window["n_images"] == 120
+    assert recent.window["served_model_versions"] == ["2"]
+    older = run_drift_check(_compose(project, *common, "source.last_n=100", "source.since=null"))
+    assert older.window["n_images"] == 100 and older.status == "alert"  # newest 100 = inverted
+    stale = run_drift_check(
+        _compose(project, *common, "source.last_n=null", "source.since=2026-01-01T00:00:00")
+    )
+    assert stale.window["n_images"] == 420
+    with pytest.raises(ValueError, match="since='yesterday'"):
+        run_drift_check(_compose(project, *common, "source.since=yesterday"))
