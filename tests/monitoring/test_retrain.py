@@ -439,3 +439,27 @@ def test_watch_mode_runs_cycles_and_survives_a_refused_one(
         assert run_once(cfg) == EXIT_LOCKED
         assert watch(cfg) == 0  # a refused cycle is reported, the watcher carries on
     assert capsys.readouterr().err.count("retrain refused: another retrain") == 3
+
+
+def test_drift_trigger_runs_a_drift_check_and_acts_on_its_exit_code(
+    tmp_path: Path, synthetic_processed_dir: Path, baseline_payload
+) -> None:
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from mnist_mlops.data.splits import arrays_to_table
+
+    processed = tmp_path / "processed"
+    shutil.copytree(synthetic_processed_dir, processed)
+    (processed / "baseline.json").write_text(json.dumps(baseline_payload))
+    test = load_split(processed / "test")
+    (processed / "inverted").mkdir()
+    table = arrays_to_table(255 - test.images, test.labels, list(test.image_ids))
+    pq.write_table(table, processed / "inverted" / "part-00000.parquet")
+    checks = '["model.enabled=false","mlflow.enabled=false","source=parquet","source.path='
+    clean = _compose(tmp_path, processed, f'drift.overrides={checks}{processed}/test"]')
+    go, why = should_retrain(clean, tmp_path)
+    assert not go and why in ("drift check: ok", "drift check: warn"), why
+    shifted = _compose(tmp_path, processed, f'drift.overrides={checks}{processed}/inverted"]')
+    assert should_retrain(shifted, tmp_path) == (True, "drift check alerted")
