@@ -117,7 +117,7 @@ class InferenceEngine:
                 part = torch.from_numpy(images[start : start + self.chunk])
                 if self.on_batch is not None:
                     self.on_batch(len(part))
-                log_probs = model.module(as_model_input(part, model))
+                log_probs = (model.runner or model.module)(as_model_input(part, model))
                 out[start : start + len(part)] = log_probs.float().exp_().cpu().numpy()
         return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,6 +40,8 @@ class LoadedModel:
     metrics: dict[str, float] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32  # the precision the module runs in
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # what the inference thread calls: a frozen TorchScript graph of ``module`` (or module)
+    runner: torch.nn.Module | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
@@ -56,6 +59,7 @@ class LoadedModel:
             "metrics": self.metrics,
             "precision": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
+            "graph": "frozen" if isinstance(self.runner, torch.jit.ScriptModule) else "eager",
             "loaded_at": self.loaded_at,
         }
 
@@ -120,7 +124,8 @@ class ModelResolver:
         module, dtype, device = prepare_for_inference(
             load_logged_model(uri), self.settings.precision, self.settings.device
         )
-        warm_up(module, dtype, device)
+        runner = freeze_graph(module, dtype, device) if self.settings.freeze_graph else module
+        warm_up(runner, dtype, device)
         metrics: dict[str, float] = {}
         if run_id:
             try:
@@ -128,7 +133,9 @@ class ModelResolver:
             except Exception as exc:  # metrics are informative only
                 _log.info("could not read metrics of run %s: %s", run_id, exc)
         name = self.settings.model_name
-        return LoadedModel(module, name, version, run_id, source, uri, metrics, dtype, device)
+        return LoadedModel(
+            module, name, version, run_id, source, uri, metrics, dtype, device, runner
+        )
 
 
 def bfloat16_supported() -> bool:
@@ -157,6 +164,24 @@ def as_model_input(images: torch.Tensor, model: LoadedModel) -> torch.Tensor:
 
 def _as_input(images: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return images.unsqueeze(1).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+
+
+def freeze_graph(module: torch.nn.Module, dtype: torch.dtype, device: torch.device):
+    """A traced, frozen TorchScript graph of ``module`` (constants folded, oneDNN fusions):
+    ~20-40% less CPU per image for small micro-batches, and the call runs in C++ instead of
+    through ~30 Python-level module calls that hold the GIL the event loop needs. Falls back
+    to the module itself when it cannot be traced, or when the graph disagrees with it."""
+    example = _as_input(torch.rand(4, 28, 28), dtype, device)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated but still the fastest here
+            graph = torch.jit.freeze(torch.jit.trace(module, example))
+            if torch.allclose(graph(example).float(), module(example).float(), atol=1e-3):
+                return graph
+            _log.warning("frozen graph disagrees with the model; serving the eager module")
+    except Exception as exc:  # any tracing problem: the eager module still serves correctly
+        _log.warning("could not freeze the model graph (%s); serving the eager module", exc)
+    return module
 
 
 def warm_up(module: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:

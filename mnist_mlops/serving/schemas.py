@@ -129,6 +129,7 @@ class ModelInfo(BaseModel):
     metrics: dict[str, float]
     precision: Literal["float32", "bfloat16"]
     device: str
+    graph: Literal["frozen", "eager"]
     loaded_at: str
 
 

@@ -46,6 +46,8 @@ class ServingSettings(BaseModel):
     # bfloat16 runs ~5x more images per CPU-second where oneDNN has bf16 kernels (AMX /
     # AVX512-BF16) and silently stays float32 elsewhere; float32 reproduces the gate exactly
     precision: Literal["float32", "bfloat16"] = "float32"
+    # run a frozen TorchScript graph of the model (see loader.freeze_graph)
+    freeze_graph: bool = True
     # auto: CUDA when the container got a GPU (docker run --gpus all), else CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

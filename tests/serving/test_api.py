@@ -38,6 +38,7 @@ def test_health_ready_model(api, standin_store):
     assert ready.status_code == 200 and ready.json()["ready"] is True
     info = api.get("/model").json()
     assert info["source"] == "registry" and info["version"] == "1"
+    assert info["graph"] == "frozen" and info["precision"] == "float32"
     assert info["run_id"] == standin_store.good.run_id
     assert info["metrics"]["test/acc"] == pytest.approx(standin_store.good.test_acc)
 
