@@ -60,6 +60,7 @@ class ClassifierModule(nn.Module):
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
         self.test_confusion = MulticlassConfusionMatrix(NUM_CLASSES, validate_args=False)
+        self.confusion_matrix: torch.Tensor | None = None  # [true, predicted], after a test run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

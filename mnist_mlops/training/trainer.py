@@ -7,7 +7,6 @@ DDP). Model selection uses ``val/acc`` only; ``test`` runs once, on the restored
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 from collections.abc import Sequence
@@ -157,6 +156,3 @@ class Trainer:
                 callback.on_validation_epoch_end(self, module, metrics)
         finally:
             self.current_epoch += 1
-
-    def best_weights(self) -> dict[str, torch.Tensor] | None:
-        return copy.deepcopy(self.best_state)

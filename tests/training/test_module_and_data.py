@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,3 +101,16 @@ def test_random_affine_transforms_each_image_differently_and_keeps_background() 
     assert out[:, :, 0, 0].abs().max() == 0  # corners stay background
     with pytest.raises(ValueError, match="scale"):
         RandomAffine(scale=(1.2, 0.8))
+
+
+def test_training_core_imports_without_mlflow_or_spark() -> None:
+    """A GPU worker has torch + hydra only: the core must not pull in tracking or Spark."""
+    code = (
+        "import sys\n"
+        "import mnist_mlops.models.convnet, mnist_mlops.training.module\n"
+        "import mnist_mlops.training.datamodule, mnist_mlops.training.trainer\n"
+        "import mnist_mlops.training.backends.local, mnist_mlops.training.callbacks\n"
+        "bad = [m for m in ('mlflow', 'pyspark', 'optuna') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
