@@ -80,7 +80,7 @@ def tracking_uri(overrides: list[str]) -> str:
 
 
 def collect(
-    client: MlflowClient, results_id: str, run_ids: list[str], include_running: bool
+    client: MlflowClient, results_id: str, run_ids: list[str], include_unfinished: bool
 ) -> list[Any]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = (
@@ -91,7 +91,7 @@ def collect(
         else []
     )
     runs += [client.get_run(r) for r in run_ids]
-    wanted = ("FINISHED", "RUNNING") if include_running else ("FINISHED",)
+    wanted = ("FINISHED", "RUNNING", "KILLED") if include_unfinished else ("FINISHED",)
     return [r for r in runs if r.info.status in wanted]
 
 
@@ -118,10 +118,20 @@ def summarise(client: MlflowClient, run: Any) -> dict[str, Any]:
     }
 
 
+def pct(value: float | None) -> str:
+    return f"{100 * value:.2f}" if value is not None else "-"
+
+
+def num(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def run_cell(row: dict[str, Any]) -> str:
+    suffix = "" if row["status"] == "FINISHED" else f" ({row['status'].lower()}, unfinished)"
+    return f"`{row['run_id'][:8]}`{suffix}"
+
+
 def render(rows: list[dict[str, Any]], results_id: str) -> str:
-    pct = lambda v: f"{100 * v:.2f}" if v is not None else "-"  # noqa: E731
-    num = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
-    run = lambda r: f"`{r['run_id'][:8]}`" + (" (running)" if r["status"] == "RUNNING" else "")  # noqa: E731
     report = sorted(
         (r for r in rows if r["experiment"] == "report"),
         key=lambda r: MODELS.index(r["model"]) if r["model"] in MODELS else 99,
@@ -152,7 +162,7 @@ def render(rows: list[dict[str, Any]], results_id: str) -> str:
         lines.append(
             f"| {number} | {row['model']} | {row['params']:,} | {row['epochs']} | "
             f"{pct(row['val_acc_best'])} | {pct(row['test_acc'])} | {num(row['test_loss'])} | "
-            f"{row['best_epoch']} | {row['epoch_time_s']:.1f} | {ref} | {run(row)} |"
+            f"{row['best_epoch']} | {row['epoch_time_s']:.1f} | {ref} | {run_cell(row)} |"
         )
     if not report:
         lines.append("| - | (no finished runs) | | | | | | | | | |")
@@ -167,7 +177,7 @@ def render(rows: list[dict[str, Any]], results_id: str) -> str:
         lines.append(
             f"| {row['seed']} | {row['params']:,} | {row['epochs']} | {pct(row['val_acc_best'])} | "
             f"{pct(row['test_acc'])} | {num(row['test_loss'])} | {row['epoch_time_s']:.1f} | "
-            f"{run(row)} |"
+            f"{run_cell(row)} |"
         )
     if best and any(r["test_acc"] is not None for r in best):
         accs = [r["test_acc"] for r in best if r["test_acc"] is not None]
@@ -196,9 +206,9 @@ def main() -> None:
         help="extra Hydra override for every run (and for finding the store)",
     )
     parser.add_argument(
-        "--include-running",
+        "--include-unfinished",
         action="store_true",
-        help="also list unfinished runs (marked running; no test numbers yet)",
+        help="also list running/stopped runs (marked unfinished; no test numbers)",
     )
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "results.md")
     args = parser.parse_args()
@@ -219,7 +229,7 @@ def main() -> None:
                 args.override,
             )
     client = MlflowClient(tracking_uri=tracking_uri(args.override))
-    runs = collect(client, args.results_id, args.run_id, args.include_running)
+    runs = collect(client, args.results_id, args.run_id, args.include_unfinished)
     rows = [summarise(client, run) for run in runs]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(rows, args.results_id))
