@@ -189,6 +189,13 @@ def render(rows: list[dict[str, Any]], results_id: str) -> str:
         ]
     if not best:
         lines.append("| - | (no finished runs) | | | | | | |")
+    if any(r["status"] != "FINISHED" for r in rows):
+        lines += [
+            "",
+            "Rows marked *unfinished* are runs that had not completed all their epochs when this "
+            "page was built: their columns cover the epochs logged so far, and they have no test "
+            "numbers (test runs once, after the last epoch).",
+        ]
     lines += ["", "Reproduce: `python scripts/reproduce_results.py` (see its docstring).", ""]
     return "\n".join(lines)
 
