@@ -18,7 +18,9 @@ from mnist_mlops.train import train
 from mnist_mlops.training.callbacks import TrainingInterrupted
 
 
-def run_sweep(tmp_path: Path, processed_dir: Path, n_trials: int) -> subprocess.CompletedProcess:
+def run_sweep(
+    tmp_path: Path, processed_dir: Path, n_trials: int, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
         "-m",
@@ -36,6 +38,7 @@ def run_sweep(tmp_path: Path, processed_dir: Path, n_trials: int) -> subprocess.
         "trainer.limit_train_batches=3",
         "logger.log_model=false",
         "backend.num_threads=1",
+        *extra,
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
     result = subprocess.run(
@@ -45,7 +48,7 @@ def run_sweep(tmp_path: Path, processed_dir: Path, n_trials: int) -> subprocess.
     return result
 
 
-def test_two_trial_sweep_resumes_from_its_storage_with_runs_nested(
+def test_two_trial_sweep_resumes_from_its_storage_prunes_and_nests_runs(
     tmp_path: Path, synthetic_processed_dir: Path
 ) -> None:
     storage = f"sqlite:///{tmp_path}/sweeps/optuna.db"
@@ -55,10 +58,17 @@ def test_two_trial_sweep_resumes_from_its_storage_with_runs_nested(
     assert [n for n, _, _ in first] == [0, 1]
     assert all(state == optuna.trial.TrialState.COMPLETE for _, state, _ in first)
 
-    run_sweep(tmp_path, synthetic_processed_dir, n_trials=3)  # same command, one more trial
+    # resume for one more trial, with a pruner that prunes everything after its first epoch
+    always_prune = (  # replace the configured pruner: null first, then the new node
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 2.0}",
+    )
+    run_sweep(tmp_path, synthetic_processed_dir, n_trials=3, extra=always_prune)
     study = optuna.load_study(study_name="test-study", storage=storage)
     assert len(study.trials) == 3
     assert [(t.number, t.state, t.params) for t in study.trials[:2]] == first  # kept, not rerun
+    assert study.trials[2].state == optuna.trial.TrialState.PRUNED
+    assert list(study.trials[2].intermediate_values) == [0]
     assert (tmp_path / "sweeps" / "test-study" / "optimization_results.yaml").is_file()
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -67,7 +77,7 @@ def test_two_trial_sweep_resumes_from_its_storage_with_runs_nested(
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(trials) == 3
-    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert sorted(r.info.status for r in trials) == ["FINISHED", "FINISHED", "KILLED"]
     assert "best_value" in parents[0].data.metrics
 
 
