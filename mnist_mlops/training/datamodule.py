@@ -99,15 +99,20 @@ class _EpochBatches(Dataset):
             self.order = torch.randperm(len(split), generator=module.generator).to(
                 split.labels.device
             )
+            # augmentation draws come from (epoch seed, batch index): the same images whether
+            # batches are built here or in DataLoader workers (which get forked RNG copies)
+            self.epoch_seed = int(torch.randint(2**62, (1,), generator=module.generator))
         else:
             self.order = torch.arange(len(split), device=split.labels.device)
+            self.epoch_seed = 0
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
     def __getitem__(self, index: int) -> Batch:
         idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.module.make_batch(self.split, idx, self.train)
+        generator = torch.Generator().manual_seed(self.epoch_seed + index) if self.train else None
+        return self.module.make_batch(self.split, idx, self.train, generator)
 
     def __iter__(self) -> Iterator[Batch]:
         return (self[i] for i in range(len(self)))
@@ -163,10 +168,20 @@ class MnistDataModule:
                 load_split(split_dir(self.processed_dir, split)), data_device
             )
 
-    def make_batch(self, split: TensorSplit, idx: torch.Tensor, train: bool) -> Batch:
+    def make_batch(
+        self,
+        split: TensorSplit,
+        idx: torch.Tensor,
+        train: bool,
+        generator: torch.Generator | None = None,
+    ) -> Batch:
+        """Images ``idx`` as normalised float (N, 1, 28, 28), augmented for training.
+
+        ``generator`` drives the augmentation (default: the module's own).
+        """
         x = split.images[idx].unsqueeze(1).float()
         if train and self.augmentation is not None:
-            x = self.augmentation(x, self.generator)
+            x = self.augmentation(x, generator or self.generator)
         return x.mul_(self.scale).sub_(self.shift), split.labels[idx]
 
     def _loader(self, split: str, batch_size: int, train: bool) -> Dataset | DataLoader:
@@ -175,7 +190,12 @@ class MnistDataModule:
         batches = _EpochBatches(self, self.splits[split], batch_size, train)
         if self.num_workers == 0 or self.keep_on_device:
             return batches
-        return DataLoader(batches, batch_size=None, num_workers=self.num_workers, pin_memory=True)
+        return DataLoader(
+            batches,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> Dataset | DataLoader:
         return self._loader("train", self.batch_size, train=True)

@@ -114,3 +114,23 @@ def test_training_core_imports_without_mlflow_or_spark() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_augmented_batches_are_the_same_with_or_without_loader_workers(
+    synthetic_processed_dir: Path,
+) -> None:
+    def two_epochs(workers: int) -> list[torch.Tensor]:
+        data = MnistDataModule(
+            synthetic_processed_dir,
+            batch_size=200,
+            num_workers=workers,
+            augmentation=RandomAffine(),
+            seed=3,
+        )
+        data.setup()
+        return [torch.cat([x for x, _ in data.train_dataloader()]) for _ in range(2)]
+
+    in_process, with_workers = two_epochs(0), two_epochs(2)
+    assert not torch.equal(in_process[0], in_process[1])  # fresh augmentation every epoch
+    for a, b in zip(in_process, with_workers, strict=True):
+        assert torch.equal(a, b)
