@@ -413,12 +413,13 @@ def worker_device(use_gpu: bool, local_rank: int) -> torch.device:
 class RankBatches:
     """This rank's part of every global batch, in an order that is the same on every rank.
 
-    The global order is drawn from its own generator seeded identically on all ranks, so rank
-    ``r`` of ``w`` takes rows ``r, r+w, ...`` of the same global batch as the other ranks; the
-    data module's own generator (seeded per rank) is left to augmentation. ``max_batches``
-    counts global batches of ``batch_size`` rows, as ``limit_*_batches`` does in a local run.
-    For training, a final global batch smaller than the world size is dropped so that every
-    rank runs the same number of steps (DDP needs that).
+    Each epoch draws the global order and the augmentation seed exactly as the data module's
+    own epoch does (``randperm`` then one ``randint`` from a generator seeded with the run's
+    seed), so with one rank the batches are those of a local run; rank ``r`` of ``w`` takes rows
+    ``r, r+w, ...`` of each global batch. ``max_batches`` counts global batches of
+    ``batch_size`` rows, as ``limit_*_batches`` does in a local run. For training, a final
+    global batch smaller than the world size is dropped so that every rank runs the same number
+    of steps (DDP needs that).
     """
 
     def __init__(
@@ -443,16 +444,22 @@ class RankBatches:
         return self.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
+        epoch_seed = 0
         if self.train:
             order = torch.randperm(len(self.split), generator=self.order_generator)[: self.rows]
+            epoch_seed = int(torch.randint(2**62, (1,), generator=self.order_generator))
         else:
             order = torch.arange(self.rows)
         order = order.to(self.split.labels.device)
         for index in range(self.num_batches):
             rows = order[index * self.batch_size : (index + 1) * self.batch_size]
             mine = rows[self.rank :: self.world]
-            if len(mine):  # only validation can leave a rank without rows
-                yield self.datamodule.make_batch(self.split, mine, self.train)
+            if not len(mine):  # only validation can leave a rank without rows
+                continue
+            augment = None
+            if self.train:  # rank 0 draws as a local run does; other ranks draw their own
+                augment = torch.Generator().manual_seed(epoch_seed + index + 7919 * self.rank)
+            yield self.datamodule.make_batch(self.split, mine, self.train, augment)
 
 
 class WorkerSession:
