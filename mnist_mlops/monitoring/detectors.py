@@ -146,6 +146,24 @@ def _psi_finding(
     return Finding(detector, name, "psi", statistic=value, status=status, reason=note, **kwargs)
 
 
+def _test_finding(
+    detector: str, name: str, result: stats.TestResult, min_effect: float, **kwargs: Any
+) -> Finding:
+    """A ``p_value`` finding: its status is set later, after the run-wide correction."""
+    return Finding(
+        detector,
+        name,
+        "p_value",
+        statistic=result.statistic,
+        p_value=result.p_value,
+        min_effect=min_effect,
+        **kwargs,
+    )
+
+
+_DIGIT_LABELS = [str(k) for k in range(NUM_CLASSES)]
+
+
 def _bar_plot(
     title: str, labels: list[str], baseline: np.ndarray, current: np.ndarray
 ) -> dict[str, Any]:
@@ -176,7 +194,6 @@ class LabelPSI:
             ]
         current = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
         value = stats.psi(ctx.baseline.label_fractions, current)
-        digits = [str(k) for k in range(NUM_CLASSES)]
         n_ref = int(ctx.baseline.source.get("n_images", 0))
         return [
             _psi_finding(
@@ -188,7 +205,9 @@ class LabelPSI:
                 len(labels),
                 n_ref,
                 extra={"n_labelled": float(len(labels))},
-                plot=_bar_plot("label distribution", digits, ctx.baseline.label_fractions, current),
+                plot=_bar_plot(
+                    "label distribution", _DIGIT_LABELS, ctx.baseline.label_fractions, current
+                ),
             )
         ]
 
@@ -299,13 +318,11 @@ class FeatureKS:
         for feature, reference, current in _feature_pairs(ctx, list(self.features)):
             result = stats.ks_test(reference, current)
             out.append(
-                Finding(
+                _test_finding(
                     self.name,
                     f"{self.name}/{feature}",
-                    "p_value",
-                    statistic=result.statistic,
-                    p_value=result.p_value,
-                    min_effect=self.min_effect,
+                    result,
+                    self.min_effect,
                     extra={
                         "baseline_mean": float(reference.mean()),
                         "current_mean": float(current.mean()),
@@ -340,7 +357,6 @@ class PredictionPSI:
             ctx.window
         )
         value = stats.psi(baseline, current)
-        digits = [str(k) for k in range(NUM_CLASSES)]
         n_ref = len(ctx.model_reference.probabilities)
         return [
             _psi_finding(
@@ -351,7 +367,7 @@ class PredictionPSI:
                 NUM_CLASSES,
                 len(ctx.window),
                 n_ref,
-                plot=_bar_plot("predicted class distribution", digits, baseline, current),
+                plot=_bar_plot("predicted class distribution", _DIGIT_LABELS, baseline, current),
             )
         ]
 
@@ -371,13 +387,11 @@ class ConfidenceShift:
         current = ctx.probabilities.max(axis=1)
         result = stats.ks_test(reference, current)
         return [
-            Finding(
+            _test_finding(
                 self.name,
                 self.name,
-                "p_value",
-                statistic=result.statistic,
-                p_value=result.p_value,
-                min_effect=self.min_effect,
+                result,
+                self.min_effect,
                 extra={
                     "baseline_mean_confidence": float(reference.mean()),
                     "current_mean_confidence": float(current.mean()),
@@ -386,6 +400,13 @@ class ConfidenceShift:
                 plot=_feature_plot("top-class probability", reference, current),
             )
         ]
+
+
+def _subsample(rows: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``max_rows`` rows drawn without replacement (all of them when there are fewer)."""
+    if len(rows) <= max_rows:
+        return rows
+    return rows[rng.choice(len(rows), max_rows, replace=False)]
 
 
 @dataclass
@@ -402,21 +423,15 @@ class EmbeddingMMD:
         if ctx.probe is None or ctx.model_reference is None:
             return [skipped(self.name, "needs the production model loaded (model.enabled=true)")]
         rng = np.random.default_rng(ctx.seed)
-        reference = ctx.model_reference.embeddings
-        current = ctx.embeddings
-        if len(reference) > self.max_samples:
-            reference = reference[rng.choice(len(reference), self.max_samples, replace=False)]
-        if len(current) > self.max_samples:
-            current = current[rng.choice(len(current), self.max_samples, replace=False)]
+        reference = _subsample(ctx.model_reference.embeddings, self.max_samples, rng)
+        current = _subsample(ctx.embeddings, self.max_samples, rng)
         result = stats.mmd_permutation_test(reference, current, self.n_permutations, seed=ctx.seed)
         return [
-            Finding(
+            _test_finding(
                 self.name,
                 self.name,
-                "p_value",
-                statistic=result.statistic,
-                p_value=result.p_value,
-                min_effect=self.min_effect,
+                result,
+                self.min_effect,
                 extra={"n_reference": float(len(reference)), "n_current": float(len(current))},
             )
         ]
