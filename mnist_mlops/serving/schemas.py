@@ -24,14 +24,31 @@ Image = FlatImage | SquareImage
 IMAGE_SCHEMA = TypeAdapter(Image).json_schema()
 
 
-def _image_array(value: Any) -> np.ndarray:
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_OUT_OF_RANGE = f"must be numbers within float32 range (|x| <= {_FLOAT32_MAX:.4g})"
+
+
+def _as_float32(value: Any) -> np.ndarray:
+    """``value`` as float32, refusing what float32 cannot hold: a plain cast would turn such
+    numbers into infinities (with a numpy overflow warning), and a JSON integer too large
+    even for float64 raises ``OverflowError``, which pydantic would not turn into a 422."""
     try:
-        array = np.asarray(value, dtype=np.float32)
+        array = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise ValueError(_OUT_OF_RANGE) from None
     except (ValueError, TypeError):
         raise ValueError(
             "must be numbers: a flat list of 784 or 28 lists of 28 (no strings, nulls or "
             "ragged rows)"
         ) from None
+    too_large = np.isfinite(array) & (np.abs(array) > _FLOAT32_MAX)
+    if too_large.any():
+        raise ValueError(f"{_OUT_OF_RANGE}; got {array[too_large].flat[0]:g}")
+    return array.astype(np.float32)
+
+
+def _image_array(value: Any) -> np.ndarray:
+    array = _as_float32(value)
     if array.shape not in ((NUM_PIXELS,), (IMAGE_SIDE, IMAGE_SIDE)):
         raise ValueError(f"must be 784 values or 28 rows of 28; got shape {array.shape}")
     return array.reshape(NUM_PIXELS)
@@ -41,10 +58,10 @@ def _batch_array(value: Any) -> np.ndarray:
     if not isinstance(value, list) or not value:
         raise ValueError("must be a non-empty list of images")
     try:
-        array = np.asarray(value, dtype=np.float32)
+        array = _as_float32(value)
         if array.shape[1:] in ((NUM_PIXELS,), (IMAGE_SIDE, IMAGE_SIDE)):
             return array.reshape(len(value), NUM_PIXELS)
-    except (ValueError, TypeError):
+    except ValueError:
         pass
     # Mixed layouts or a bad image: check one by one to name the culprit.
     rows = []

@@ -128,6 +128,8 @@ def small_api(production_store, tmp_path_factory):
         ({"json": {"pixels": ["x"] + GOOD[1:], "scale": "0-1"}}, 422, "number"),
         ({"content": b'{"pixels": [NaN' + b", 0" * 783 + b'], "scale": "0-1"}'}, 422, "pixels"),
         ({"content": b'{"pixels": [1e999' + b", 0" * 783 + b'], "scale": "0-1"}'}, 422, "pixels"),
+        ({"json": {"pixels": [1e300] + GOOD[1:], "scale": "0-255"}}, 422, "float32 range"),
+        ({"json": {"pixels": [10**400] + GOOD[1:], "scale": "0-255"}}, 422, "float32 range"),
         ({"content": b"{not json"}, 422, "JSON"),
         ({"content": b""}, 422, "empty"),
         ({"content": b"\x89PNG garbage", "ctype": "image/png"}, 422, "decode"),
@@ -151,6 +153,11 @@ def test_bad_single_inputs_get_a_4xx_naming_the_problem(api, kwargs, status, mes
     [
         ({"json": {"images": [], "scale": "0-1"}}, 422, "non-empty"),
         ({"json": {"images": [GOOD, [0.0] * 10], "scale": "0-1"}}, 422, "image 1"),
+        (
+            {"json": {"images": [GOOD, [-1e39] + GOOD[1:]], "scale": "0-1"}},
+            422,
+            "image 1 must be numbers within float32",
+        ),
         ({"content": b"\x00" * 785, "ctype": "application/octet-stream"}, 422, "784-byte"),
         ({"content": b"", "ctype": "application/octet-stream"}, 422, "empty"),
         ({"content": b"\x00" * 784 * 6, "ctype": "application/octet-stream"}, 413, "exceeds"),
