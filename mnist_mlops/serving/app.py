@@ -59,6 +59,8 @@ _ERRORS = {
         503: "No model loaded yet",
     }.items()
 }
+# Both predict routes parse a body and need a model, so they share every error response.
+_PREDICT_ERRORS = {k: _ERRORS[k] for k in (400, 413, 415, 422, 503)}
 _IMAGE_UPLOAD = {"schema": {"type": "string", "format": "binary"}}
 _PREDICT_BODY = {
     "requestBody": {
@@ -194,7 +196,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        responses={k: _ERRORS[k] for k in (400, 413, 415, 422, 503)},
+        responses=_PREDICT_ERRORS,
         openapi_extra=_PREDICT_BODY,
         summary="Classify one image: JSON pixels (784 or 28x28, declared scale) or a picture",
     )
@@ -240,7 +242,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @app.post(
         "/predict/batch",
         response_model=BatchResponse,
-        responses={k: _ERRORS[k] for k in (400, 413, 415, 422, 503)},
+        responses=_PREDICT_ERRORS,
         openapi_extra=_BATCH_BODY,
         summary="Classify many images: JSON list (declared scale) or raw uint8 bytes",
     )
