@@ -19,8 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,40 +28,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from mnist_mlops.utils.processes import free_port, stop_process_group, wait_for_http
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 MLFLOW = str(Path(PYTHON).with_name("mlflow"))
 CONCURRENCY = (1, 16, 64)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become ready in {timeout}s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server we started (its whole process group: uvicorn may fork workers)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def standin_store(store: Path) -> str:
@@ -253,7 +223,7 @@ def main() -> None:
     }
     try:
         for name, (url, ready_url, body) in targets.items():
-            wait_for(ready_url, servers[name])
+            wait_for_http(ready_url, servers[name])
             _check_same_answer(name, url, body)
             results["servers"][name] = {}
             for concurrency in CONCURRENCY:
@@ -275,7 +245,7 @@ def main() -> None:
         results["model_calls"] = _model_call_sizes(f"http://127.0.0.1:{ours_port}/metrics")
     finally:
         for process in servers.values():
-            stop(process)
+            stop_process_group(process)
         print(f"server logs: {workdir}", file=sys.stderr)
     results["machine"] += f"; after: {os.getloadavg()}"
     _print_table(results)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from mnist_mlops.data.splits import load_split
 from mnist_mlops.serving.app import create_app
 from mnist_mlops.serving.settings import ServingSettings
 from mnist_mlops.tracking.registry import promote_if_better, register_run_model
+from mnist_mlops.utils.processes import free_port
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -41,12 +41,6 @@ def make_settings(store: Path, log_dir: Path, **overrides) -> ServingSettings:
     }
     values.update(overrides)
     return ServingSettings(**values)
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

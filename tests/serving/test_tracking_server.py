@@ -6,10 +6,11 @@ registry=server``), so the Hydra config, settings hand-over and uvicorn launch a
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,35 +18,41 @@ import mlflow
 import pytest
 from model_standins import log_standin, train_standin
 from omegaconf import OmegaConf
-from serving_helpers import free_port, wait_until
 
 from mnist_mlops.register import register
 from mnist_mlops.tracking.registry import alias_version
+from mnist_mlops.utils.processes import free_port, stop_process_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _up(url: str) -> bool:
+@contextlib.contextmanager
+def _server(args: list[str], ready_url: str, log: Path, **popen) -> Iterator[None]:
+    """Run ``args`` in its own process group until the block ends; fail the test with the
+    server's log if it does not answer ``ready_url`` within two minutes."""
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),  # noqa: SIM115
+        start_new_session=True,
+        **popen,
+    )
     try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            wait_for_http(ready_url, process, timeout=120)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}:\n{log.read_text()}")
+        yield
+    finally:
+        stop_process_group(process)
 
 
 @pytest.fixture
 def tracking_server(tmp_path):
     port = free_port()
-    process = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    with _server(
         [
             str(BIN / "mlflow"),
             "server",
@@ -60,18 +67,11 @@ def tracking_server(tmp_path):
             "--workers",
             "1",
         ],
+        f"{url}/health",
+        tmp_path / "server.log",
         env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_until(lambda: _up(f"{url}/health"), timeout=120, interval=0.5):
-            pytest.fail("mlflow server did not start:\n" + (tmp_path / "server.log").read_text())
+    ):
         yield url
-    finally:
-        _stop(process)
 
 
 @pytest.mark.slow  # two server processes plus model transfers over HTTP: ~1 min on 2 cores
@@ -110,7 +110,8 @@ def test_register_and_serve_through_a_tracking_server(
     assert alias_version(client, "mnist-classifier", "production") == decision.challenger_version
 
     port = free_port()
-    app = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    with _server(
         [
             sys.executable,
             "-m",
@@ -121,21 +122,14 @@ def test_register_and_serve_through_a_tracking_server(
             "serving.poll_interval_s=0",
             f"hydra.run.dir={tmp_path}/hydra",
         ],
+        f"{url}/ready",
+        tmp_path / "app.log",
         cwd=ROOT,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_server},
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "app.log", "w"),  # noqa: SIM115
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_until(lambda: _up(f"{url}/ready"), timeout=120, interval=0.5):
-            pytest.fail("serve did not become ready:\n" + (tmp_path / "app.log").read_text())
+    ):
         model = httpx.get(f"{url}/model").json()
         assert model["source"] == "registry"
         assert model["version"] == decision.challenger_version
         assert model["run_id"] == logged.run_id
         answer = httpx.post(f"{url}/predict", json={"pixels": [0] * 784, "scale": "0-255"})
         assert answer.status_code == 200 and len(answer.json()["probabilities"]) == 10
-    finally:
-        _stop(app)
