@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from mnist_mlops.monitoring.retraining import (
 )
 from mnist_mlops.serving.prediction_log import PredictionLogWriter
 from mnist_mlops.tracking.registry import alias_version, register_run_model
+from mnist_mlops.utils.processes import free_port
 
 MODEL = "mnist-classifier"
 # a LeNet that learns the synthetic digits in seconds, and one that barely trains at all
@@ -203,9 +203,7 @@ def _cli(root: Path, processed: Path, *extra: str, wait: bool = True):
 @contextlib.contextmanager
 def serving(root: Path):
     """``python -m mnist_mlops.serve`` on a free port against this project's registry."""
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     args = [
         sys.executable,
         "-m",
