@@ -71,6 +71,12 @@ def _compose(root: Path, processed: Path, *extra: str):
         return compose("retrain", overrides=_overrides(root, processed, *extra))
 
 
+def _set_champion(client, run_id: str) -> str:
+    version = register_run_model(client, MODEL, run_id)
+    client.set_registered_model_alias(MODEL, "production", version)
+    return version
+
+
 def _quote_list(items: list[str]) -> str:
     return "[" + ",".join(f'"{item}"' for item in items) + "]"
 
@@ -160,8 +166,7 @@ def test_recovery_deletes_only_undecided_retrain_versions(tmp_path: Path, standi
     store = standin_store.copy_to(tmp_path / "mlruns")
     client = client_for(store)
     registry = registry_config(store)
-    champion = register_run_model(client, MODEL, standin_store.good.run_id)
-    client.set_registered_model_alias(MODEL, "production", champion)
+    champion = _set_champion(client, standin_store.good.run_id)
     client.set_tag(standin_store.bad.run_id, RETRAIN_TAG, "killed-run")
     orphan = register_run_model(client, MODEL, standin_store.bad.run_id)
     assert recover_interrupted(client, registry) == [orphan]
@@ -182,12 +187,6 @@ def project(tmp_path: Path, standin_store, synthetic_processed_dir: Path):
 
     standin_store.copy_to(tmp_path / "mlruns")
     return tmp_path, client_for(tmp_path / "mlruns")
-
-
-def _set_champion(client, run_id: str) -> str:
-    version = register_run_model(client, MODEL, run_id)
-    client.set_registered_model_alias(MODEL, "production", version)
-    return version
 
 
 def _cli(root: Path, processed: Path, *extra: str, wait: bool = True):
