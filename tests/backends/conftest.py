@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,21 +11,6 @@ from mnist_mlops.data.splits import arrays_to_table
 
 # first rows of the real training file: train, then val; first rows of the real test file: test
 REAL_SUBSET_SIZES = {"train": 4000, "val": 1000, "test": 1000}
-
-
-@pytest.fixture(scope="session")
-def real_raw_dir(request: pytest.FixtureRequest) -> Path:
-    """The real MNIST files via tests/conftest.py::real_mnist_raw_dir(); fails in CI, else skips.
-
-    Fetched through the plugin manager because this conftest shadows the module name ``conftest``.
-    """
-    shared = request.config.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
-    raw_dir = shared.real_mnist_raw_dir()
-    if raw_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("MNIST_RAW_DIR must point at the real MNIST IDX files in CI")
-        pytest.skip("set MNIST_RAW_DIR to the real MNIST IDX files to run this test")
-    return raw_dir
 
 
 @pytest.fixture(scope="session")
