@@ -170,6 +170,7 @@ class MlflowLogger(Callback):
                 "git_commit": git_commit(),
                 "backend": getattr(trainer.backend, "name", type(trainer.backend).__name__),
                 "device": str(trainer.device),
+                "precision": trainer.precision,  # resolved: trainer.precision=auto is in the params
                 "hardware": hardware_description(trainer.device),
                 "model": module.name,
             }

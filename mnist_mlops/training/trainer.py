@@ -19,6 +19,7 @@ from mnist_mlops.training.backends import Backend
 from mnist_mlops.training.callbacks import Callback
 from mnist_mlops.training.datamodule import MnistDataModule
 from mnist_mlops.training.module import ClassifierModule
+from mnist_mlops.training.precision import resolve_precision
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -51,6 +52,7 @@ class Trainer:
         backend: Backend,
         epochs: int = 15,
         device: str = "auto",
+        precision: str = "auto",
         deterministic: bool = False,
         callbacks: Sequence[Callback] = (),
         limit_train_batches: int | None = None,
@@ -72,6 +74,8 @@ class Trainer:
         self.backend = backend
         self.max_epochs = epochs
         self.device = resolve_device(device)
+        self.requested_precision = precision  # backends resolve it again on their workers' device
+        self.precision = resolve_precision(precision, self.device)
         self.deterministic = deterministic
         self.callbacks = list(callbacks)
         self.limit_train_batches = limit_train_batches

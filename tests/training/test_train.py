@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from mnist_mlops.config import PROJECT_ROOT
 from mnist_mlops.models.inference import InferenceModel
 from mnist_mlops.train import train
+from mnist_mlops.training.precision import resolve_precision
 
 EPOCH_METRICS = {
     "train/loss",
@@ -49,9 +50,10 @@ def test_one_epoch_run_logs_params_metrics_artifacts_and_a_loadable_model(
     assert EPOCH_METRICS | {"test/acc", "test/loss"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 1
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
-    for tag in ("git_commit", "data_manifest_hash", "backend", "device"):
+    for tag in ("git_commit", "data_manifest_hash", "backend", "device", "precision"):
         assert run.data.tags[tag]
     assert run.data.tags["backend"] == "local" and run.data.tags["device"] == "cpu"
+    assert run.data.tags["precision"] == resolve_precision("auto", torch.device("cpu"))
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path

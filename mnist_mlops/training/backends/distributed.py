@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mnist_mlops.training.backends.local import LocalBackend, evaluate
+from mnist_mlops.training.precision import resolve_precision
 
 if TYPE_CHECKING:
     from mnist_mlops.training.datamodule import MnistDataModule, TensorSplit
@@ -138,6 +139,7 @@ class TrainJob:
     seed: int
     use_gpu: bool
     channels_last: bool
+    precision: str = "32-true"  # as configured; each worker resolves "auto" on its own device
     channel: ChannelAddress | None = None
 
     @classmethod
@@ -167,6 +169,7 @@ class TrainJob:
             seed=int(datamodule.generator.initial_seed()),
             use_gpu=use_gpu,
             channels_last=channels_last,
+            precision=trainer.requested_precision,
         )
 
     @property
@@ -467,13 +470,15 @@ class WorkerSession:
 
     The module asks its ``trainer`` for ``max_epochs`` and ``estimated_stepping_batches`` (to
     size OneCycle/cosine schedules) and :func:`~mnist_mlops.training.backends.local.train_epoch`
-    asks for ``device`` and ``train_batch_finished``; this class answers those on a worker.
+    asks for ``device``, ``precision`` and ``train_batch_finished``; this class answers those on
+    a worker.
     """
 
     def __init__(self, job: TrainJob, rank: int, world: int, device: torch.device) -> None:
         self.job, self.rank, self.world, self.device = job, rank, world, device
         self.max_epochs = job.max_epochs
         self.memory_format = job.memory_format
+        self.precision = resolve_precision(job.precision, device)
         torch.manual_seed(job.seed + rank)  # dropout masks differ per rank, as on one big batch
         self.module = job.module
         self.module.trainer = self

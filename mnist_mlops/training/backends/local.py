@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mnist_mlops.training.precision import forward_context
+
 if TYPE_CHECKING:
     from mnist_mlops.training.datamodule import MnistDataModule
     from mnist_mlops.training.module import ClassifierModule
@@ -114,6 +116,8 @@ def train_epoch(
 ) -> int:
     """One pass of ``training_step`` + backward + step; fills ``module.logged`` with train/*.
 
+    The forward runs in ``trainer.precision`` (resolved: ``32-true`` or ``bf16-mixed``).
+
     Returns the number of images seen (for throughput).
     """
     module.train()
@@ -121,7 +125,8 @@ def train_epoch(
     for batch_idx, batch in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
         images += int(batch[1].shape[0])
-        loss = module.training_step(_to_device(batch, trainer.device, memory_format), batch_idx)
+        with forward_context(trainer.precision, trainer.device):
+            loss = module.training_step(_to_device(batch, trainer.device, memory_format), batch_idx)
         loss.backward()
         optimizer.step()
         if step_scheduler is not None:

@@ -43,6 +43,7 @@ from mnist_mlops.training.backends.distributed import (
     positive_int,
     worker_device,
 )
+from mnist_mlops.training.precision import forward_context
 from mnist_mlops.utils.runtime import set_spark_env_defaults
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ class OrcaWorker(MainCallback):  # type: ignore[misc,valid-type]
     def on_train_forward(self, runner: Any) -> None:
         session = self._session()
         batch = session.to_device(runner.batch)
-        runner.loss = session.module.training_step(batch, runner.batch_idx)
+        with forward_context(session.precision, session.device):
+            runner.loss = session.module.training_step(batch, runner.batch_idx)
         self._images += int(batch[1].shape[0])
 
     @_reported
