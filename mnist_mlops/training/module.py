@@ -20,6 +20,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnist_mlops.data.constants import NUM_CLASSES
+from mnist_mlops.training.losses import ClassificationLoss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SCHEDULER_INTERVALS = ("epoch", "step")
@@ -28,7 +29,11 @@ _SCHEDULE_LENGTH_ARGS = ("total_steps", "T_max")
 
 
 class ClassifierModule(nn.Module):
-    """NLL-loss classifier over a log-softmax network, with torchmetrics for every split."""
+    """Classifier over a log-softmax network, with torchmetrics for every split.
+
+    Training minimises ``loss`` (NLL by default; label smoothing or distillation from the
+    ``model/loss`` group); validation and test always measure plain NLL.
+    """
 
     def __init__(
         self,
@@ -37,6 +42,7 @@ class ClassifierModule(nn.Module):
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
         name: str = "model",
+        loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in SCHEDULER_INTERVALS:
@@ -46,6 +52,7 @@ class ClassifierModule(nn.Module):
             )
         self.net = net
         self.name = name
+        self.criterion = loss if loss is not None else ClassificationLoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
@@ -76,9 +83,11 @@ class ClassifierModule(nn.Module):
 
     # --- training ---------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, log_probs, y = self._shared_step(batch)
+        x, y = batch
+        log_probs = self(x)
+        loss = self.criterion(log_probs, y, x)
         self.train_loss.update(loss.detach(), y.numel())
-        self.train_acc.update(log_probs, y)
+        self.train_acc.update(log_probs.detach(), y)
         return loss
 
     def on_train_epoch_end(self) -> None:
