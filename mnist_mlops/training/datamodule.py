@@ -200,6 +200,10 @@ class MnistDataModule:
     def train_dataloader(self) -> Dataset | DataLoader:
         return self._loader("train", self.batch_size, train=True)
 
+    def clean_train_dataloader(self) -> Dataset | DataLoader:
+        """The training split in order, without augmentation (BatchNorm recalibration)."""
+        return self._loader("train", self.eval_batch_size, train=False)
+
     def val_dataloader(self) -> Dataset | DataLoader:
         return self._loader("val", self.eval_batch_size, train=False)
 

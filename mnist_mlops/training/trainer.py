@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mnist_mlops.training.backends import Backend
+from mnist_mlops.training.batchnorm import recalibrate_batchnorm
 from mnist_mlops.training.callbacks import Callback
 from mnist_mlops.training.datamodule import MnistDataModule
 from mnist_mlops.training.module import ClassifierModule
@@ -59,6 +60,7 @@ class Trainer:
         limit_val_batches: int | None = None,
         limit_test_batches: int | None = None,
         monitor: str = "val/acc",
+        recalibrate_bn: bool = False,
     ) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"trainer.epochs must be a positive integer, got {epochs!r}")
@@ -82,6 +84,7 @@ class Trainer:
         self.limit_val_batches = limit_val_batches
         self.limit_test_batches = limit_test_batches
         self.monitor = monitor
+        self.recalibrate_bn = recalibrate_bn
         self.current_epoch = 0
         self.should_stop = False
         self.history: list[dict[str, float]] = []
@@ -110,7 +113,8 @@ class Trainer:
 
     # --- the Lightning-shaped API -----------------------------------------------------------
     def fit(self, module: ClassifierModule, datamodule: MnistDataModule) -> None:
-        """Train for ``max_epochs`` (or until a callback stops it) and keep the best-val weights."""
+        """Train for ``max_epochs`` (or until a callback stops it) and keep the best-val weights
+        (with ``recalibrate_bn``, their BatchNorm statistics recomputed on clean training data)."""
         datamodule.setup(self.device)
         self.datamodule = datamodule
         module.trainer = self
@@ -119,6 +123,9 @@ class Trainer:
         self.backend.fit(module, datamodule, self)
         if self.best_state is not None:
             module.net.load_state_dict(self.best_state)
+        if self.recalibrate_bn:
+            module.to(self.device)
+            recalibrate_batchnorm(module.net, datamodule.clean_train_dataloader(), self.device)
         for callback in self.callbacks:
             callback.on_fit_end(self, module)
 
