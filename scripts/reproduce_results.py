@@ -2,12 +2,15 @@
 
     python scripts/reproduce_results.py                       # hours on a 2-core CPU
     python scripts/reproduce_results.py --only report         # just the eight iterations
+    python scripts/reproduce_results.py --only best           # experiment=best, then distilled
     python scripts/reproduce_results.py --build-only --results-id 20261127-0500
     python scripts/reproduce_results.py --override trainer.epochs=1 --override ...  # smoke run
 
 1. One multirun: all eight iterations under ``experiment=report`` (the original regime).
 2. One multirun: ``gap_v8`` under ``experiment=best`` with seeds 1, 2, 3.
-3. The table, built only from the MLflow runs tagged with this reproduction's ``results_id``
+3. One multirun: ``gap_v8`` under ``experiment=best_distilled`` with seeds 1, 2, 3, each
+   distilled from the ensemble of the three models of step 2.
+4. The table, built only from the MLflow runs tagged with this reproduction's ``results_id``
    (params, best val acc, test acc/loss on the best-val weights, epoch time, hardware).
 
 Nothing in the table is typed in by hand except the original report's reference column.
@@ -68,6 +71,26 @@ def multirun(sweep: list[str], results_id: str, name: str, overrides: list[str])
     subprocess.run(command, cwd=PROJECT_ROOT, check=True)
 
 
+def best_teacher_uris(client: MlflowClient, results_id: str) -> list[str]:
+    """The models of this reproduction's finished ``experiment=best`` runs (step 2)."""
+    runs = [
+        r
+        for r in collect(client, results_id, [], include_unfinished=False)
+        if experiment_of(r.data.params) == "best"
+    ]
+    if not runs:
+        raise SystemExit(f"no finished experiment=best runs tagged results_id={results_id}")
+    return [f"runs:/{r.info.run_id}/model" for r in sorted(runs, key=lambda r: r.info.run_id)]
+
+
+def experiment_of(params: dict[str, str]) -> str:
+    """``report``, ``best`` or ``best_distilled``, from the run's logged ``tags`` param."""
+    tags = params.get("tags", "")
+    if "distilled" in tags:
+        return "best_distilled"
+    return "best" if "best" in tags else "report"
+
+
 def tracking_uri(overrides: list[str]) -> str:
     """The store the runs went to: compose train.yaml with the same overrides."""
     from hydra import compose, initialize_config_dir
@@ -100,7 +123,7 @@ def summarise(client: MlflowClient, run: Any) -> dict[str, Any]:
     epoch_times = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
     return {
         "model": tags.get("model", run.info.run_name),
-        "experiment": "best" if "best" in params.get("tags", "") else "report",
+        "experiment": experiment_of(params),
         "seed": params.get("seed"),
         "params": int(params["model/params_total"]),
         "epochs": len(epoch_times),
@@ -131,12 +154,36 @@ def run_cell(row: dict[str, Any]) -> str:
     return f"`{row['run_id'][:8]}`{suffix}"
 
 
+def best_table(best: list[dict[str, Any]]) -> list[str]:
+    """Per-seed rows of one ``experiment=best*`` group and its mean test accuracy."""
+    lines = [
+        "| seed | params | epochs | best val acc % | test acc % | test loss | s/epoch | run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(best, key=lambda r: str(r["seed"])):
+        lines.append(
+            f"| {row['seed']} | {row['params']:,} | {row['epochs']} | {pct(row['val_acc_best'])} | "
+            f"{pct(row['test_acc'])} | {num(row['test_loss'])} | {row['epoch_time_s']:.1f} | "
+            f"{run_cell(row)} |"
+        )
+    if not best:
+        lines.append("| - | (no finished runs) | | | | | | |")
+    accs = [r["test_acc"] for r in best if r["test_acc"] is not None]
+    if accs:
+        spread = f" ± {100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        lines += [
+            "",
+            f"Mean test accuracy over {len(accs)} seed(s): "
+            f"**{100 * statistics.mean(accs):.2f}%**{spread}.",
+        ]
+    return lines
+
+
 def render(rows: list[dict[str, Any]], results_id: str) -> str:
     report = sorted(
         (r for r in rows if r["experiment"] == "report"),
         key=lambda r: MODELS.index(r["model"]) if r["model"] in MODELS else 99,
     )
-    best = [r for r in rows if r["experiment"] == "best"]
     hardware = sorted({f"{r['hardware']} ({r['device']})" for r in rows})
     lines = [
         "# Results",
@@ -166,29 +213,15 @@ def render(rows: list[dict[str, Any]], results_id: str) -> str:
         )
     if not report:
         lines.append("| - | (no finished runs) | | | | | | | | | |")
-    lines += [
-        "",
-        "## Final design, `experiment=best`, per seed",
-        "",
-        "| seed | params | epochs | best val acc % | test acc % | test loss | s/epoch | run |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in sorted(best, key=lambda r: str(r["seed"])):
-        lines.append(
-            f"| {row['seed']} | {row['params']:,} | {row['epochs']} | {pct(row['val_acc_best'])} | "
-            f"{pct(row['test_acc'])} | {num(row['test_loss'])} | {row['epoch_time_s']:.1f} | "
-            f"{run_cell(row)} |"
-        )
-    if best and any(r["test_acc"] is not None for r in best):
-        accs = [r["test_acc"] for r in best if r["test_acc"] is not None]
-        spread = f" ± {100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        lines += [
-            "",
-            f"Mean test accuracy over {len(accs)} seed(s): "
-            f"**{100 * statistics.mean(accs):.2f}%**{spread}.",
-        ]
-    if not best:
-        lines.append("| - | (no finished runs) | | | | | | |")
+    for experiment, title in (
+        ("best", "## Final design, `experiment=best`, per seed"),
+        (
+            "best_distilled",
+            "## Final design distilled from the `experiment=best` ensemble, "
+            "`experiment=best_distilled`, per seed",
+        ),
+    ):
+        lines += ["", title, "", *best_table([r for r in rows if r["experiment"] == experiment])]
     if any(r["status"] != "FINISHED" for r in rows):
         lines += [
             "",
@@ -220,22 +253,24 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "results.md")
     args = parser.parse_args()
 
-    if not args.build_only:
-        if args.only in (None, "report"):
-            multirun(
-                ["experiment=report", f"model={','.join(MODELS)}"],
-                args.results_id,
-                "report",
-                args.override,
-            )
-        if args.only in (None, "best"):
-            multirun(
-                ["experiment=best", f"seed={','.join(map(str, BEST_SEEDS))}"],
-                args.results_id,
-                "best",
-                args.override,
-            )
+    if not args.build_only and args.only in (None, "report"):
+        multirun(
+            ["experiment=report", f"model={','.join(MODELS)}"],
+            args.results_id,
+            "report",
+            args.override,
+        )
     client = MlflowClient(tracking_uri=tracking_uri(args.override))
+    if not args.build_only and args.only in (None, "best"):
+        seeds = f"seed={','.join(map(str, BEST_SEEDS))}"
+        multirun(["experiment=best", seeds], args.results_id, "best", args.override)
+        teachers = ",".join(best_teacher_uris(client, args.results_id))
+        multirun(
+            ["experiment=best_distilled", seeds, f"model.loss.teacher.model_uri=[{teachers}]"],
+            args.results_id,
+            "best_distilled",
+            args.override,
+        )
     runs = collect(client, args.results_id, args.run_id, args.include_unfinished)
     rows = [summarise(client, run) for run in runs]
     args.output.parent.mkdir(parents=True, exist_ok=True)
