@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,12 @@ def test_best_then_distilled_from_their_ensemble_then_the_table(
         f"--sweep-root={tmp_path / 'sweeps'}",
         *(f"--override={o}" for o in overrides),
     ]
-    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    # mlflow.set_tracking_uri() in earlier in-process tests exports MLFLOW_TRACKING_URI, which
+    # would win over paths.mlflow_dir in the child; this run must use its own store
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns'}/mlflow.db")
