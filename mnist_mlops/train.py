@@ -120,13 +120,19 @@ def metric_value(metrics: dict[str, Any], name: str) -> float:
     return float(metrics[name])
 
 
+_signalled: list[int] = []  # signals received by this process (a multirun runs many jobs)
+
+
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     """`kill`/a scheduler ending the job: unwind so the MLflow run is closed as KILLED."""
+    _signalled.append(signum)
     raise TrainingInterrupted(f"stopped by signal {signum}")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    if _signalled:  # Hydra's launcher goes on to the next job of a sweep; a kill means stop
+        raise TrainingInterrupted(f"not started: this process got signal {_signalled[0]}")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     metrics = train(cfg)

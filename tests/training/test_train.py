@@ -137,7 +137,10 @@ def test_unknown_model_name_fails_on_the_command_line(tmp_path: Path) -> None:
     assert "resnet_v9" in result.stderr and "gap_v8" in result.stderr  # lists the valid ones
 
 
-def test_sigterm_closes_the_run_as_killed(tmp_path: Path, synthetic_processed_dir: Path) -> None:
+@pytest.mark.parametrize("sweep", [[], ["-m", "seed=1,2,3"]], ids=["run", "multirun"])
+def test_sigterm_closes_the_run_as_killed_and_starts_no_other(
+    tmp_path: Path, synthetic_processed_dir: Path, sweep: list[str]
+) -> None:
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     (tmp_path / "mlruns").mkdir()
     client = MlflowClient(tracking_uri=uri)
@@ -147,12 +150,14 @@ def test_sigterm_closes_the_run_as_killed(tmp_path: Path, synthetic_processed_di
             sys.executable,
             "-m",
             "mnist_mlops.train",
+            *sweep,
             "callbacks=none",
             "trainer.epochs=500",
             "trainer.device=cpu",
             f"data.processed_dir={synthetic_processed_dir}",
             f"paths.log_dir={tmp_path}",
             f"paths.mlflow_dir={tmp_path}/mlruns",
+            f"hydra.sweep.dir={tmp_path}/sweep",
         ],
         cwd=PROJECT_ROOT,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri},
@@ -168,10 +173,17 @@ def test_sigterm_closes_the_run_as_killed(tmp_path: Path, synthetic_processed_di
             experiment = client.get_experiment_by_name("mnist")
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
             runs = [r for r in runs if r.data.metrics.get("val/acc") is not None]
-        assert runs, "the run never logged an epoch"
+        assert runs, "the run never logged an epoch: " + (
+            process.stderr.read()[-3000:] if process.poll() is not None else "still running"
+        )
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:
         process.kill()
     assert process.returncode != 0
     assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+    # a multirun stops too: no later job of the sweep starts a run
+    experiment = client.get_experiment_by_name("mnist")
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [
+        runs[0].info.run_id
+    ]
