@@ -60,6 +60,7 @@ class Trainer:
         limit_val_batches: int | None = None,
         limit_test_batches: int | None = None,
         monitor: str = "val/acc",
+        monitor_mode: str = "max",
         recalibrate_bn: bool = False,
     ) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -83,7 +84,10 @@ class Trainer:
         self.limit_train_batches = limit_train_batches
         self.limit_val_batches = limit_val_batches
         self.limit_test_batches = limit_test_batches
+        if monitor_mode not in ("max", "min"):
+            raise ValueError(f"trainer.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
         self.monitor = monitor
+        self.monitor_mode = monitor_mode
         self.recalibrate_bn = recalibrate_bn
         self.current_epoch = 0
         self.should_stop = False
@@ -157,7 +161,8 @@ class Trainer:
         metrics = dict(metrics)
         self.history.append(metrics)
         score = metrics[self.monitor]
-        if self.best_score is None or score > self.best_score:
+        sign = 1.0 if self.monitor_mode == "max" else -1.0
+        if self.best_score is None or sign * (score - self.best_score) > 0:
             self.best_score, self.best_epoch = score, self.current_epoch
             self.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()

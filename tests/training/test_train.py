@@ -110,6 +110,7 @@ def test_a_crash_marks_the_run_failed(cfg_train: DictConfig, mlflow_db: str) -> 
         ("trainer.epochs=0", "trainer.epochs must be a positive integer, got 0"),
         ("data.batch_size=-3", "data.batch_size must be a positive integer, got -3"),
         ("trainer.device=tpu", "trainer.device must be one of"),
+        ("trainer.monitor_mode=median", "trainer.monitor_mode must be 'max' or 'min'"),
     ],
 )
 def test_bad_value_fails_with_a_message_naming_it(
