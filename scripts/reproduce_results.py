@@ -194,8 +194,8 @@ def render(rows: list[dict[str, Any]], results_id: str, notes: list[str] = ()) -
         f"`results_id={results_id}` (plus any runs named with `--run-id`). Test accuracy and "
         "loss are measured once per run, on the weights of the epoch selected on the validation "
         "split (`trainer.monitor`: highest `val/acc` under `experiment=report`, lowest `val/loss` "
-        "under `experiment=best*`); model selection never sees the test split. The original report's column is its final-epoch "
-        "test accuracy (no validation split, no seed).",
+        "under `experiment=best*`); model selection never sees the test split. The original "
+        "report's column is its final-epoch test accuracy (no validation split, no seed).",
         "",
         "Hardware: " + "; ".join(hardware) if hardware else "Hardware: -",
         "",
