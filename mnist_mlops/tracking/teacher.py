@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-import mlflow
 import torch
 from torch import nn
 
 from mnist_mlops.models.inference import InferenceModel
 from mnist_mlops.tracking.registry import load_logged_model
+from mnist_mlops.tracking.setup import configure_mlflow
 
 
 class ProbabilityEnsemble(nn.Module):
@@ -55,11 +56,14 @@ def _load_net(model_uri: str, tracking_uri: str, mean: float, std: float) -> nn.
 
 
 def load_teacher_net(
-    model_uri: str | Sequence[str], tracking_uri: str, mean: float, std: float
+    model_uri: str | Sequence[str], registry: Any, mean: float, std: float
 ) -> nn.Module:
-    """The frozen network(s) of the logged model(s) at ``model_uri``, in eval mode, on the CPU."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    """The frozen network(s) of the logged model(s) at ``model_uri``, in eval mode, on the CPU.
+
+    ``registry`` is the ``registry`` config group: the store the URIs are resolved against.
+    """
+    configure_mlflow(registry)
+    tracking_uri = str(registry.tracking_uri)
     uris = [model_uri] if isinstance(model_uri, str) else list(model_uri)
     if not uris:
         raise ValueError("model.loss.teacher.model_uri is an empty list; give one or more URIs")
