@@ -49,6 +49,7 @@ def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
         download=_typed(cfg, "data.download", bool),
         verify_checksums=_typed(cfg, "data.verify_checksums", bool),
         val_size=_typed(cfg, "data.val_size", int),
+        gate_size=_typed(cfg, "data.gate_size", int),
         split_seed=_typed(cfg, "data.split_seed", int),
         partitions=_typed(cfg, "spark.partitions", int),
         mean=_typed(cfg, "data.mean", float),

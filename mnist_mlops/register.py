@@ -6,6 +6,7 @@
     python -m mnist_mlops.register run_file=reports/train/run.json   # the run DVC trained
 
 Re-running is safe: a run is registered once, and an unchanged champion is not re-promoted.
+Debug runs (tag ``debug=true``) are skipped when selecting and refused when named.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mnist_mlops.tracking.registry import (
     PromotionDecision,
     load_logged_model,
     promote_if_better,
+    refuse_debug_run,
     register_run_model,
     select_best_run,
     write_report,
@@ -51,9 +53,11 @@ def register(cfg: DictConfig, run_id: str | None = None) -> PromotionDecision:
         run = client.get_run(run_id)
         if run.info.status != "FINISHED":
             raise ValueError(f"run_id={run_id} is {run.info.status}, not FINISHED")
+        refuse_debug_run(run)
         load_logged_model(f"runs:/{run_id}/{MODEL_ARTIFACT}")
     else:
-        run, _ = select_best_run(client, cfg.registry, str(cfg.selection_metric))
+        selection = cfg.selection
+        run, _ = select_best_run(client, cfg.registry, str(selection.selected), str(selection.mode))
         run_id = run.info.run_id
     version = register_run_model(client, str(cfg.registry.model_name), run_id)
     _log.info("run %s is %s version %s", run_id, cfg.registry.model_name, version)
@@ -65,7 +69,10 @@ def register(cfg: DictConfig, run_id: str | None = None) -> PromotionDecision:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="register", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    decision = register(cfg)
+    try:
+        decision = register(cfg)
+    except (ValueError, LookupError) as err:  # a refused or missing run: say why, no traceback
+        raise SystemExit(f"register: {err}") from err
     verdict = "PROMOTED to production" if decision.promoted else "not promoted"
     print(
         f"{decision.model_name} v{decision.challenger_version}: {verdict}: {decision.reason}"

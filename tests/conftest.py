@@ -12,7 +12,8 @@ from mnist_mlops.data.splits import arrays_to_table
 from mnist_mlops.data.synthetic import synthetic_digits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SYNTHETIC_SPLIT_SIZES = {"train": 600, "val": 200, "test": 200}
+# gate last, so the other splits keep the seeds (100 + position) they always had
+SYNTHETIC_SPLIT_SIZES = {"train": 600, "val": 200, "test": 200, "gate": 200}
 
 
 def real_mnist_raw_dir() -> Path | None:

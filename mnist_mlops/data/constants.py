@@ -6,4 +6,5 @@ NUM_CLASSES = 10
 # Normalisation applied at load time (never baked into the stored data).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
-SPLITS = ("train", "val", "test")
+# train / val (epoch selection, recipe decisions) / gate (promotion decisions) / test (report)
+SPLITS = ("train", "val", "gate", "test")

@@ -4,10 +4,12 @@ Design (see ``benchmarks/preprocess.py`` for the numbers):
 
 * the driver decodes IDX with numpy and hands Spark one Arrow-backed DataFrame of
   ``(image_id, label, pixels binary(784), split)``; no Python UDF ever touches a row;
-* the stratified validation hold-out is chosen in Spark: within each label, rows are ranked
-  by a seeded hash of their id and the first ``quota`` go to ``val`` (quotas by largest
-  remainder, so the size is exact and every class keeps its share);
-* one Spark write with ``partitionBy("split")`` produces all three splits, at most
+* two stratified hold-outs of the 60k training images are chosen in Spark: within each label,
+  rows are ranked by a seeded hash of their id; the first ``val`` quota go to ``val`` (epoch
+  selection and recipe decisions), the next ``gate`` quota to ``gate`` (the promotion gate's
+  paired test, read by no other decision). Quotas by largest remainder, so sizes are exact and
+  every class keeps its share; ``test`` stays the untouched 10k for the final report;
+* one Spark write with ``partitionBy("split")`` produces all four splits, at most
   ``partitions`` files each, into a staging directory next to the target; hashes, baseline
   and manifest are computed from what was actually written; only then is the staging
   directory renamed into place, so a failure at any step leaves the previous output intact.
@@ -59,6 +61,7 @@ class PreprocessSettings:
     download: bool = False
     verify_checksums: bool = True
     val_size: int = 5000
+    gate_size: int = 5000
     split_seed: int = 42
     partitions: int = 2
     mean: float = 0.1307
@@ -69,6 +72,8 @@ class PreprocessSettings:
             raise ValueError(f"spark.partitions={self.partitions} must be at least 1")
         if self.val_size < 1:
             raise ValueError(f"data.val_size={self.val_size} must be at least 1")
+        if self.gate_size < 1:
+            raise ValueError(f"data.gate_size={self.gate_size} must be at least 1")
         if self.std <= 0:
             raise ValueError(f"data.std={self.std} must be positive")
 
@@ -87,17 +92,16 @@ def timed_step(key: str, description: str) -> Iterator[None]:
     log.info("%s done in %.2f s", description, seconds, extra={"step": key, "seconds": seconds})
 
 
-def class_quotas(label_counts: np.ndarray, val_size: int) -> np.ndarray:
-    """Per-class validation sizes summing exactly to ``val_size``, proportional to the counts.
+def class_quotas(label_counts: np.ndarray, val_size: int, key: str = "data.val_size") -> np.ndarray:
+    """Per-class hold-out sizes summing exactly to ``val_size``, proportional to the counts.
 
     Largest-remainder apportionment in integer arithmetic; ties go to the lower class.
+    ``key`` names the setting in the error message.
     """
     counts = np.asarray(label_counts, dtype=np.int64)
     total = int(counts.sum())
     if not 0 < val_size < total:
-        raise ValueError(
-            f"data.val_size={val_size} must be between 1 and {total - 1} (training images)"
-        )
+        raise ValueError(f"{key}={val_size} must be between 1 and {total - 1} (training images)")
     quotas, remainders = np.divmod(counts * val_size, total)
     missing = val_size - int(quotas.sum())
     order = np.lexsort((np.arange(len(counts)), -remainders))
@@ -132,24 +136,38 @@ def source_frame(spark: SparkSession, raw: dict[str, RawSplit]) -> DataFrame:
     return spark.createDataFrame(pd.concat(frames, ignore_index=True), schema=schema)
 
 
-def assign_splits(frame: DataFrame, quotas: np.ndarray, seed: int) -> DataFrame:
-    """Move a seeded, stratified sample of ``quotas[c]`` training rows per class to ``val``."""
+def assign_splits(
+    frame: DataFrame, quotas: np.ndarray, seed: int, gate_quotas: np.ndarray | None = None
+) -> DataFrame:
+    """Move seeded, stratified samples of training rows per class: the first ``quotas[c]`` by
+    rank to ``val``, the next ``gate_quotas[c]`` to ``gate`` (so ``val`` does not depend on
+    the gate's size, and the two are disjoint by construction)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    gate_quotas = np.zeros_like(quotas) if gate_quotas is None else np.asarray(gate_quotas)
     rank_key = F.xxhash64(F.lit(int(seed)), F.col("image_id"))
     by_label = Window.partitionBy("label").orderBy(rank_key, F.col("image_id"))
-    quota = F.array(*[F.lit(int(q)) for q in quotas])[F.col("label").cast("int")]
-    val_ids = (
+    label = F.col("label").cast("int")
+    val_quota = F.array(*[F.lit(int(q)) for q in quotas])[label]
+    held_quota = F.array(*[F.lit(int(q + g)) for q, g in zip(quotas, gate_quotas, strict=True)])[
+        label
+    ]
+    held_ids = (
         frame.where(F.col("split") == "train")
         .select("image_id", "label")
         .withColumn("rank", F.row_number().over(by_label))
-        .where(F.col("rank") <= quota)
-        .select("image_id", F.lit(True).alias("is_val"))
+        .where(F.col("rank") <= held_quota)
+        .select(
+            "image_id",
+            F.when(F.col("rank") <= val_quota, F.lit("val"))
+            .otherwise(F.lit("gate"))
+            .alias("held_as"),
+        )
     )
     return (
-        frame.join(F.broadcast(val_ids), on="image_id", how="left")
-        .withColumn("split", F.when(F.col("is_val"), F.lit("val")).otherwise(F.col("split")))
+        frame.join(F.broadcast(held_ids), on="image_id", how="left")
+        .withColumn("split", F.coalesce(F.col("held_as"), F.col("split")))
         .select("image_id", "label", "pixels", "split")
     )
 
@@ -255,11 +273,19 @@ def run_preprocessing(
     raw = raw if raw is not None else read_raw(settings)
     train_counts = np.bincount(raw["train"].labels, minlength=NUM_CLASSES)
     quotas = class_quotas(train_counts, settings.val_size)
+    gate_quotas = class_quotas(train_counts, settings.gate_size, "data.gate_size")
+    if settings.val_size + settings.gate_size >= len(raw["train"].labels):
+        raise ValueError(
+            f"data.val_size={settings.val_size} + data.gate_size={settings.gate_size} leave no "
+            f"training images out of {len(raw['train'].labels)}"
+        )
 
     with atomic_directory(processed_dir) as staging:
         n_images = sum(len(r.labels) for r in raw.values())
         with timed_step("spark_split_write", f"Spark: splitting and writing {n_images} images"):
-            frame = assign_splits(source_frame(spark, raw), quotas, settings.split_seed)
+            frame = assign_splits(
+                source_frame(spark, raw), quotas, settings.split_seed, gate_quotas
+            )
             write_splits(frame, staging, settings.partitions, normalization)
         splits: dict[str, dict[str, Any]] = {}
         arrays = {}

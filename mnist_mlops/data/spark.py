@@ -154,6 +154,7 @@ def _dump_class_data_archive(target: Path) -> None:
             processed_dir=str(Path(tmp) / "processed"),
             verify_checksums=False,
             val_size=50,
+            gate_size=50,
         )
         run_preprocessing(spark, settings)
     gateway_process = spark.sparkContext._gateway.proc  # the JVM (spark-submit execs java)

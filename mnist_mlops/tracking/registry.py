@@ -1,11 +1,23 @@
-"""Model registry: pick the best run, register it once, and promote it only when proven better.
+"""Model registry: pick the best run, register it once, and promote it only on evidence.
 
 The champion/challenger protocol uses aliases only (``staging`` for the challenger,
-``production`` for the champion; never the deprecated stages). A challenger replaces the
-champion only if it beats it by ``promotion_margin`` accuracy on EVERY evaluation set the caller
-supplies (the held-out test split, and for retraining also recent labelled traffic), or if
-there is no champion. The production alias is moved by a single registry call after all
-evaluation has succeeded, so a failure anywhere leaves the previous champion serving.
+``production`` for the champion; never the deprecated stages). The gate is a paired test, not a
+difference of two accuracies: both models score the same images, and only the images on which
+they disagree about correctness say anything about which is better (``b``: challenger right,
+champion wrong; ``c``: the reverse). The rule (:data:`GATE_RULE`):
+
+1. the PRIMARY eval set (the first one given: the ``gate`` split, held out by preprocessing and
+   used for nothing else) must show the challenger better: exact one-sided McNemar p-value
+   (``binomtest(b, b + c, 0.5, "greater")``) <= ``alpha`` AND accuracy gain >= ``min_effect``;
+2. every SECONDARY set (recent trusted feedback, when the retrain has enough of it) must show
+   no significant regression: the one-sided McNemar p-value for "champion better" > ``alpha``;
+3. with no champion yet, the challenger must reach ``min_accuracy`` on the primary set.
+
+Debug runs (tag ``debug=true``, from the ``debug/`` config group) are never selected,
+registered or promoted. The production alias is moved by a single registry call after all
+evaluation has succeeded, so a failure anywhere leaves the previous champion serving; the
+versions that held it are tagged (``promotion.production_from`` / ``_until``) so serving can fall
+back to the last gated champion and never to an ungated run.
 """
 
 from __future__ import annotations
@@ -31,12 +43,141 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 from mlflow.tracking import MlflowClient
+from scipy.stats import binomtest
 
 from mnist_mlops.data.splits import MnistArrays
 
 _log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 TAG_PREFIX = "promotion."
+# the run tag the debug/ config group sets; such runs never reach the registry
+DEBUG_TAG = "debug"
+# version tags recording who held the champion alias when (serving falls back along them)
+PRODUCTION_FROM_TAG = TAG_PREFIX + "production_from"
+PRODUCTION_UNTIL_TAG = TAG_PREFIX + "production_until"
+GATE_RULE = (
+    "promote iff [primary set] exact one-sided McNemar p <= alpha and accuracy gain >= "
+    "min_effect, and [every secondary set] no significant regression (one-sided McNemar p for "
+    "'champion better' > alpha); with no champion: primary accuracy >= min_accuracy"
+)
+SELECTION_MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """The gate's thresholds (``registry.gate`` in ``conf/registry/*.yaml``)."""
+
+    alpha: float = 0.05
+    min_effect: float = 0.001
+    min_accuracy: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"registry.gate.alpha={self.alpha} must be in (0, 1)")
+        if not 0.0 <= self.min_effect < 1.0:
+            raise ValueError(f"registry.gate.min_effect={self.min_effect} must be in [0, 1)")
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            raise ValueError(f"registry.gate.min_accuracy={self.min_accuracy} must be in [0, 1]")
+
+    @classmethod
+    def from_config(cls, registry_cfg: Any) -> GateRule:
+        gate = registry_cfg.get("gate") if hasattr(registry_cfg, "get") else None
+        if not gate:
+            return cls()
+        return cls(**{k: float(v) for k, v in dict(gate).items()})
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Champion vs challenger on one eval set, image by image.
+
+    ``b``: images only the challenger gets right; ``c``: images only the champion gets right.
+    ``p_better``/``p_worse``: exact one-sided McNemar p-values for "challenger better" and
+    "challenger worse" (the binomial test of ``b`` out of ``b + c`` against 1/2).
+    """
+
+    n: int
+    challenger_acc: float
+    champion_acc: float
+    b: int
+    c: int
+    p_better: float
+    p_worse: float
+
+    @property
+    def gain(self) -> float:
+        return self.challenger_acc - self.champion_acc
+
+
+def mcnemar_p(wins: int, losses: int) -> float:
+    """Exact one-sided McNemar p-value for ``wins`` out of the ``wins + losses`` discordant
+    images (1.0 when the models never disagree: no evidence either way)."""
+    if wins + losses == 0:
+        return 1.0
+    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+
+
+def compare_paired(
+    challenger_correct: np.ndarray, champion_correct: np.ndarray
+) -> PairedComparison:
+    """Paired comparison from per-image correctness (same images, same order)."""
+    new = np.asarray(challenger_correct, dtype=bool)
+    old = np.asarray(champion_correct, dtype=bool)
+    if new.shape != old.shape or new.ndim != 1:
+        raise ValueError(f"paired vectors differ in shape: {new.shape} vs {old.shape}")
+    n = int(new.size)
+    b = int(np.count_nonzero(new & ~old))
+    c = int(np.count_nonzero(old & ~new))
+    return PairedComparison(
+        n=n,
+        challenger_acc=float(new.mean()) if n else 0.0,
+        champion_acc=float(old.mean()) if n else 0.0,
+        b=b,
+        c=c,
+        p_better=mcnemar_p(b, c),
+        p_worse=mcnemar_p(c, b),
+    )
+
+
+def gate_decision(comparisons: Mapping[str, PairedComparison], rule: GateRule) -> tuple[bool, str]:
+    """Apply :data:`GATE_RULE` to a challenger with a champion; the first set is primary."""
+    if not comparisons:
+        raise ValueError("the gate needs at least one evaluation set")
+    (primary_name, primary), *secondary = comparisons.items()
+    summary = (
+        f"{primary_name}: {primary.challenger_acc:.4f} vs {primary.champion_acc:.4f}, "
+        f"b={primary.b} c={primary.c}, p={primary.p_better:.4g}"
+    )
+    if primary.p_better > rule.alpha:
+        return False, f"no significant improvement on {summary} > alpha={rule.alpha}"
+    if primary.gain < rule.min_effect:
+        return False, (
+            f"improvement on {primary_name} of {primary.gain:.4f} is below "
+            f"min_effect={rule.min_effect} ({summary})"
+        )
+    regressions = [
+        f"{name}: {comp.challenger_acc:.4f} vs {comp.champion_acc:.4f}, b={comp.b} c={comp.c}, "
+        f"p(worse)={comp.p_worse:.4g} <= alpha={rule.alpha}"
+        for name, comp in secondary
+        if comp.p_worse <= rule.alpha
+    ]
+    if regressions:
+        return False, "significantly worse on " + "; ".join(regressions)
+    checked = "".join(f"; no regression on {name}" for name, _ in secondary)
+    return True, f"significantly better on {summary} <= alpha={rule.alpha}{checked}"
+
+
+def first_champion_decision(primary_name: str, accuracy: float, rule: GateRule) -> tuple[bool, str]:
+    """No champion yet: the challenger must clear the configured accuracy floor."""
+    if accuracy < rule.min_accuracy:
+        return False, (
+            f"no champion, and the challenger's {primary_name} accuracy {accuracy:.4f} is below "
+            f"the floor registry.gate.min_accuracy={rule.min_accuracy}"
+        )
+    return True, (
+        f"no champion: the challenger's {primary_name} accuracy {accuracy:.4f} clears "
+        f"min_accuracy={rule.min_accuracy}"
+    )
 
 
 @dataclass(frozen=True)
@@ -50,7 +191,11 @@ class PromotionDecision:
     champion_version: str | None
     challenger_scores: dict[str, float]
     champion_scores: dict[str, float]
-    margin: float
+    comparisons: dict[str, dict[str, float]]
+    alpha: float
+    min_effect: float
+    min_accuracy: float
+    rule: str = GATE_RULE
     challenger_run_id: str | None = None
     decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
@@ -73,19 +218,28 @@ def load_logged_model(model_uri: str) -> torch.nn.Module:
     return model
 
 
-def score_model(model: torch.nn.Module, arrays: MnistArrays, batch_size: int = 2048) -> dict:
-    """Accuracy and mean NLL of a served-contract model on uint8 images."""
-    correct, loss_sum = 0, 0.0
+def predict_correct(
+    model: torch.nn.Module, arrays: MnistArrays, batch_size: int = 2048
+) -> tuple[np.ndarray, float]:
+    """Per-image correctness (bool, in ``arrays`` order) and summed NLL of a served model."""
+    correct = np.zeros(len(arrays), dtype=bool)
+    loss_sum = 0.0
     labels = torch.from_numpy(np.asarray(arrays.labels, dtype=np.int64))
     with torch.inference_mode():
         for start in range(0, len(arrays), batch_size):
             chunk = torch.from_numpy(arrays.images[start : start + batch_size]).float() / 255.0
             log_probs = model(chunk.unsqueeze(1))
             target = labels[start : start + batch_size]
-            correct += int((log_probs.argmax(dim=1) == target).sum())
+            correct[start : start + len(target)] = (log_probs.argmax(dim=1) == target).numpy()
             loss_sum += float(torch.nn.functional.nll_loss(log_probs, target, reduction="sum"))
+    return correct, loss_sum
+
+
+def score_model(model: torch.nn.Module, arrays: MnistArrays, batch_size: int = 2048) -> dict:
+    """Accuracy and mean NLL of a served-contract model on uint8 images."""
+    correct, loss_sum = predict_correct(model, arrays, batch_size)
     n = max(len(arrays), 1)
-    return {"acc": correct / n, "loss": loss_sum / n, "n": len(arrays)}
+    return {"acc": float(correct.sum()) / n, "loss": loss_sum / n, "n": len(arrays)}
 
 
 def _experiment_ids(client: MlflowClient, registry_cfg: Any) -> list[str]:
@@ -105,18 +259,37 @@ def finished_runs(client: MlflowClient, registry_cfg: Any, order_by: list[str]) 
     )
 
 
-def select_best_run(client: MlflowClient, registry_cfg: Any, metric: str) -> tuple[Run, str]:
-    """The FINISHED run with the highest logged ``metric`` whose logged model loads and batches.
+def is_debug_run(run: Run) -> bool:
+    """A run made with the ``debug/`` config group (a smoke run, not a model)."""
+    return str(run.data.tags.get(DEBUG_TAG, "")).lower() == "true"
 
-    Returns the run and its model URI; runs without the metric are never candidates.
-    """
-    candidates = [
-        run
-        for run in finished_runs(client, registry_cfg, [f"metrics.`{metric}` DESC"])
-        if metric in run.data.metrics
-    ]
+
+def refuse_debug_run(run: Run) -> None:
+    """Raise the one clear message for an attempt to register or promote a debug run."""
+    if is_debug_run(run):
+        raise ValueError(
+            f"run {run.info.run_id} is a debug run (tag {DEBUG_TAG}=true, trained with the "
+            "debug/ config group): debug runs are never registered or promoted"
+        )
+
+
+def select_best_run(
+    client: MlflowClient, registry_cfg: Any, metric: str, mode: str = "max"
+) -> tuple[Run, str]:
+    """The FINISHED, non-debug run with the best logged ``metric`` (``mode`` max or min) whose
+    logged model loads and batches. Returns the run and its model URI; runs without the metric
+    (e.g. logged before the selected model was re-validated) are never candidates."""
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"selection.mode must be one of {SELECTION_MODES}, got {mode!r}")
+    direction = "DESC" if mode == "max" else "ASC"
+    runs = finished_runs(client, registry_cfg, [f"metrics.`{metric}` {direction}"])
+    candidates = [r for r in runs if metric in r.data.metrics and not is_debug_run(r)]
     if not candidates:
-        raise LookupError(f"no FINISHED run in {registry_cfg.experiment_name!r} logged {metric!r}")
+        skipped = sum(1 for r in runs if is_debug_run(r))
+        raise LookupError(
+            f"no FINISHED non-debug run in {registry_cfg.experiment_name!r} logged {metric!r}"
+            + (f" ({skipped} debug runs skipped)" if skipped else "")
+        )
     problems = []
     for run in candidates:
         uri = f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
@@ -131,7 +304,10 @@ def select_best_run(client: MlflowClient, registry_cfg: Any, metric: str) -> tup
 
 
 def register_run_model(client: MlflowClient, model_name: str, run_id: str) -> str:
-    """The registered version for the run's model, creating it only if none exists (idempotent)."""
+    """The registered version for the run's model, creating it only if none exists (idempotent).
+
+    Debug runs are refused (:func:`refuse_debug_run`)."""
+    refuse_debug_run(client.get_run(run_id))
     existing = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     if existing:
         return str(min(int(v.version) for v in existing))
@@ -154,20 +330,14 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | No
         raise
 
 
-def _decide(
-    challenger: Mapping[str, float], champion: Mapping[str, float] | None, margin: float
-) -> tuple[bool, str]:
-    if champion is None:
-        return True, "no champion: the first model with a loadable artifact becomes production"
-    losing = [
-        f"{name}: {challenger[name]:.4f} < {champion[name]:.4f} + {margin}"
-        for name in challenger
-        if challenger[name] < champion[name] + margin
+def production_history(client: MlflowClient, model_name: str) -> list[str]:
+    """Versions that ever held the champion alias through the gate, most recent first."""
+    held = [
+        (v.tags[PRODUCTION_FROM_TAG], int(v.version))
+        for v in client.search_model_versions(f"name='{model_name}'")
+        if PRODUCTION_FROM_TAG in (v.tags or {})
     ]
-    if losing:
-        return False, "challenger does not beat the champion by the margin on " + "; ".join(losing)
-    wins = ", ".join(f"{n} {challenger[n]:.4f} vs {champion[n]:.4f}" for n in challenger)
-    return True, f"challenger beats the champion by >= {margin} on every eval set ({wins})"
+    return [str(version) for _, version in sorted(held, reverse=True)]
 
 
 def promote_if_better(
@@ -178,30 +348,39 @@ def promote_if_better(
 ) -> PromotionDecision:
     """Stage ``version`` as challenger, compare it with the champion, move production if it wins.
 
-    Scores are accuracies per eval set. All evaluation happens before any alias moves; the
-    production alias then changes in one registry call, so there is never a half-promotion.
+    ``eval_sets``: the FIRST is the primary gate set (the ``gate`` split), the others secondary
+    (recent trusted feedback); see :data:`GATE_RULE`. All evaluation happens before any alias
+    moves; the production alias then changes in one registry call (no half-promotion).
     """
     if not eval_sets:
         raise ValueError("promote_if_better needs at least one evaluation set")
+    rule = GateRule.from_config(registry_cfg)
     name = str(registry_cfg.model_name)
-    margin = float(registry_cfg.promotion_margin)
     version = str(version)
     challenger_mv = client.get_model_version(name, version)
+    if challenger_mv.run_id:
+        refuse_debug_run(client.get_run(challenger_mv.run_id))
     client.set_registered_model_alias(name, str(registry_cfg.challenger_alias), version)
     champion_version = alias_version(client, name, str(registry_cfg.champion_alias))
 
     challenger_model = load_logged_model(f"models:/{name}/{version}")
-    challenger_scores = {k: score_model(challenger_model, v)["acc"] for k, v in eval_sets.items()}
+    new_correct = {k: predict_correct(challenger_model, v)[0] for k, v in eval_sets.items()}
+    challenger_scores = {k: float(v.mean()) if v.size else 0.0 for k, v in new_correct.items()}
     champion_scores: dict[str, float] = {}
+    comparisons: dict[str, PairedComparison] = {}
+    primary = next(iter(eval_sets))
     if champion_version == version:
         promoted, reason = False, f"version {version} is already the champion"
         champion_scores = dict(challenger_scores)
     elif champion_version is None:
-        promoted, reason = _decide(challenger_scores, None, margin)
+        promoted, reason = first_champion_decision(primary, challenger_scores[primary], rule)
     else:
         champion_model = load_logged_model(f"models:/{name}/{champion_version}")
-        champion_scores = {k: score_model(champion_model, v)["acc"] for k, v in eval_sets.items()}
-        promoted, reason = _decide(challenger_scores, champion_scores, margin)
+        for set_name, arrays in eval_sets.items():
+            old_correct = predict_correct(champion_model, arrays)[0]
+            comparisons[set_name] = compare_paired(new_correct[set_name], old_correct)
+            champion_scores[set_name] = comparisons[set_name].champion_acc
+        promoted, reason = gate_decision(comparisons, rule)
 
     decision = PromotionDecision(
         promoted=promoted,
@@ -211,12 +390,21 @@ def promote_if_better(
         champion_version=champion_version,
         challenger_scores=challenger_scores,
         champion_scores=champion_scores,
-        margin=margin,
+        comparisons={k: {**asdict(v), "gain": v.gain} for k, v in comparisons.items()},
+        alpha=rule.alpha,
+        min_effect=rule.min_effect,
+        min_accuracy=rule.min_accuracy,
         challenger_run_id=challenger_mv.run_id,
     )
-    _write_decision_tags(client, decision)
+    if champion_version != version:  # re-gating the champion must not overwrite its record
+        _write_decision_tags(client, decision)
     if promoted:
+        client.set_model_version_tag(name, version, PRODUCTION_FROM_TAG, decision.decided_at)
         client.set_registered_model_alias(name, str(registry_cfg.champion_alias), version)
+        if champion_version is not None:
+            client.set_model_version_tag(
+                name, champion_version, PRODUCTION_UNTIL_TAG, decision.decided_at
+            )
     _log.info("promotion decision for %s v%s: %s (%s)", name, version, promoted, reason)
     return decision
 
@@ -227,13 +415,22 @@ def _write_decision_tags(client: MlflowClient, decision: PromotionDecision) -> N
         "decision": "promoted" if decision.promoted else "rejected",
         "reason": decision.reason[:4000],
         "champion_version": decision.champion_version or "none",
-        "margin": str(decision.margin),
+        "rule": decision.rule,
+        "alpha": str(decision.alpha),
+        "min_effect": str(decision.min_effect),
+        "min_accuracy": str(decision.min_accuracy),
         "decided_at": decision.decided_at,
     }
     for set_name, score in decision.challenger_scores.items():
         tags[f"challenger_acc.{set_name}"] = f"{score:.6f}"
     for set_name, score in decision.champion_scores.items():
         tags[f"champion_acc.{set_name}"] = f"{score:.6f}"
+    for set_name, comp in decision.comparisons.items():
+        tags[f"n.{set_name}"] = str(comp["n"])
+        tags[f"b.{set_name}"] = str(comp["b"])
+        tags[f"c.{set_name}"] = str(comp["c"])
+        tags[f"p_better.{set_name}"] = f"{comp['p_better']:.6g}"
+        tags[f"p_worse.{set_name}"] = f"{comp['p_worse']:.6g}"
     for key, value in tags.items():
         client.set_model_version_tag(
             decision.model_name, decision.challenger_version, TAG_PREFIX + key, value

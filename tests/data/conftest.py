@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from data_raw_fixtures import SYNTHETIC_VAL_SIZE, synthetic_raw
+from data_raw_fixtures import SYNTHETIC_GATE_SIZE, SYNTHETIC_VAL_SIZE, synthetic_raw
 
 from mnist_mlops.data.preprocess import PreprocessSettings, run_preprocessing
 
@@ -25,6 +25,7 @@ def base_settings(synthetic_raw_dir: Path) -> PreprocessSettings:
         download=False,
         verify_checksums=False,
         val_size=SYNTHETIC_VAL_SIZE,
+        gate_size=SYNTHETIC_GATE_SIZE,
         split_seed=42,
         partitions=2,
     )

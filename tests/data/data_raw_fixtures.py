@@ -13,6 +13,7 @@ from mnist_mlops.data.synthetic import synthetic_digits
 SYNTHETIC_TRAIN_COUNTS = np.array([70, 64, 58, 66, 52, 49, 61, 75, 47, 58])
 SYNTHETIC_TEST_SIZE = 120
 SYNTHETIC_VAL_SIZE = 97
+SYNTHETIC_GATE_SIZE = 83
 
 
 def synthetic_raw(raw_dir: Path, seed: int = 7) -> Path:

@@ -10,7 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_raw_fixtures import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_COUNTS, SYNTHETIC_VAL_SIZE
+from data_raw_fixtures import (
+    SYNTHETIC_GATE_SIZE,
+    SYNTHETIC_TEST_SIZE,
+    SYNTHETIC_TRAIN_COUNTS,
+    SYNTHETIC_VAL_SIZE,
+)
 
 from mnist_mlops.data import preprocess as job
 from mnist_mlops.data.baseline import QUANTILES
@@ -61,25 +66,60 @@ def test_quotas_reject_impossible_val_size(val_size: int) -> None:
 
 
 def test_split_sizes_and_stratification(preprocessed, base_settings) -> None:
+    """Train shrinks by both hold-outs (val AND gate), each stratified by its own quotas."""
     out, manifest = preprocessed
     n_train = int(SYNTHETIC_TRAIN_COUNTS.sum())
     rows = {split: manifest["splits"][split]["rows"] for split in SPLITS}
     assert rows == {
-        "train": n_train - SYNTHETIC_VAL_SIZE,
+        "train": n_train - SYNTHETIC_VAL_SIZE - SYNTHETIC_GATE_SIZE,
         "val": SYNTHETIC_VAL_SIZE,
+        "gate": SYNTHETIC_GATE_SIZE,
         "test": SYNTHETIC_TEST_SIZE,
     }
-    val = load_split(out / "val")
+    val, gate = load_split(out / "val"), load_split(out / "gate")
     train = load_split(out / "train")
-    expected_quotas = class_quotas(SYNTHETIC_TRAIN_COUNTS, SYNTHETIC_VAL_SIZE)
-    np.testing.assert_array_equal(np.bincount(val.labels, minlength=10), expected_quotas)
+    val_quotas = class_quotas(SYNTHETIC_TRAIN_COUNTS, SYNTHETIC_VAL_SIZE)
+    gate_quotas = class_quotas(SYNTHETIC_TRAIN_COUNTS, SYNTHETIC_GATE_SIZE)
+    np.testing.assert_array_equal(np.bincount(val.labels, minlength=10), val_quotas)
+    np.testing.assert_array_equal(np.bincount(gate.labels, minlength=10), gate_quotas)
     np.testing.assert_array_equal(
-        np.bincount(train.labels, minlength=10) + expected_quotas, SYNTHETIC_TRAIN_COUNTS
+        np.bincount(train.labels, minlength=10) + val_quotas + gate_quotas, SYNTHETIC_TRAIN_COUNTS
     )
-    # a hold-out of the training source: disjoint, and together exactly the 60k-equivalent ids
+    # hold-outs of the training source: pairwise disjoint, together exactly the 60k-equivalent
     assert set(train.image_ids).isdisjoint(val.image_ids)
-    all_ids = set(train.image_ids) | set(val.image_ids)
+    assert set(train.image_ids).isdisjoint(gate.image_ids)
+    assert set(val.image_ids).isdisjoint(gate.image_ids)
+    all_ids = set(train.image_ids) | set(val.image_ids) | set(gate.image_ids)
     assert all_ids == {f"train-{i:05d}" for i in range(n_train)}
+    # recorded in the manifest with its hash, like every split
+    assert manifest["splits"]["gate"]["label_counts"] == gate_quotas.tolist()
+    assert manifest["config"]["settings"]["gate_size"] == SYNTHETIC_GATE_SIZE
+
+
+def test_val_does_not_depend_on_the_gate_size(
+    spark_session, preprocessed, base_settings, tmp_path
+) -> None:
+    """The gate takes the ranks after val's, so resizing it never reshuffles val."""
+    out1, _ = preprocessed
+    settings = replace(base_settings, processed_dir=str(tmp_path / "p"), gate_size=40)
+    manifest = run_preprocessing(spark_session, settings)
+    assert manifest["splits"]["gate"]["rows"] == 40
+    np.testing.assert_array_equal(
+        load_split(tmp_path / "p" / "val").image_ids, load_split(out1 / "val").image_ids
+    )
+    assert set(load_split(tmp_path / "p" / "gate").image_ids) < set(
+        load_split(out1 / "gate").image_ids
+    )
+
+
+def test_hold_outs_that_leave_no_training_images_are_refused(base_settings, tmp_path) -> None:
+    n_train = int(SYNTHETIC_TRAIN_COUNTS.sum())
+    settings = replace(
+        base_settings, processed_dir=str(tmp_path / "p"), val_size=300, gate_size=n_train - 300
+    )
+    with pytest.raises(ValueError, match=r"data.val_size=300 \+ data.gate_size=300 leave no"):
+        run_preprocessing(None, settings)
+    assert not (tmp_path / "p").exists()
 
 
 def test_rows_match_the_raw_images_by_id(preprocessed, base_settings) -> None:
@@ -116,11 +156,9 @@ def test_parquet_schema_and_file_count(preprocessed, base_settings) -> None:
                 "metadata"
             ]
             assert pixel_meta["normalization"] == {"mean": 0.1307, "std": 0.3081}
-    assert sorted(p.name for p in out.iterdir()) == [
-        "baseline.json",
-        "manifest.json",
-        *sorted(SPLITS),
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["baseline.json", "manifest.json", *SPLITS]
+    )
 
 
 def pc_binary_lengths(column: pa.ChunkedArray) -> list[int]:
@@ -276,10 +314,10 @@ def test_failure_inside_spark_keeps_previous_output(
 
     real_assign = job.assign_splits
 
-    def poisoned_assign(frame, quotas, seed):
+    def poisoned_assign(frame, quotas, seed, gate_quotas=None):
         bad_row = F.col("image_id") == "train-00500"
         split = F.when(bad_row, F.raise_error(F.lit("injected task failure"))).otherwise("split")
-        return real_assign(frame, quotas, seed).withColumn("split", split)
+        return real_assign(frame, quotas, seed, gate_quotas).withColumn("split", split)
 
     monkeypatch.setattr(job, "assign_splits", poisoned_assign)
     before = tree_snapshot(previous_output)
@@ -295,7 +333,11 @@ def test_failure_inside_spark_keeps_previous_output(
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("partitions", 0, "spark.partitions=0"), ("val_size", 0, "data.val_size=0")],
+    [
+        ("partitions", 0, "spark.partitions=0"),
+        ("val_size", 0, "data.val_size=0"),
+        ("gate_size", 0, "data.gate_size=0"),
+    ],
 )
 def test_bad_settings_are_named(base_settings, field: str, value: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -21,17 +21,19 @@ def test_real_mnist_preprocessing(spark_session, real_raw_dir, tmp_path) -> None
 
     splits = manifest["splits"]
     assert {name: info["rows"] for name, info in splits.items()} == {
-        "train": 55_000,
+        "train": 50_000,
         "val": 5_000,
+        "gate": 5_000,
         "test": 10_000,
     }
-    train_val = np.add(splits["train"]["label_counts"], splits["val"]["label_counts"])
+    train_val = np.sum([splits[k]["label_counts"] for k in ("train", "val", "gate")], axis=0)
     assert train_val.tolist() == TRAIN_HISTOGRAM
     assert splits["test"]["label_counts"] == TEST_HISTOGRAM
-    for name in ("train", "val", "test"):
+    for name in ("train", "val", "gate", "test"):
         assert splits[name]["files"] <= settings.partitions
         arrays = load_split(tmp_path / "processed" / name)
         assert np.bincount(arrays.labels, minlength=10).tolist() == splits[name]["label_counts"]
     # the hold-out keeps every class's share to within one image
     expected_val = np.array(TRAIN_HISTOGRAM) * 5_000 / 60_000
     assert np.all(np.abs(np.array(splits["val"]["label_counts"]) - expected_val) < 1)
+    assert np.all(np.abs(np.array(splits["gate"]["label_counts"]) - expected_val) < 1)

@@ -87,7 +87,8 @@ def test_register_and_serve_through_a_tracking_server(
             "model_name": "mnist-classifier",
             "champion_alias": "production",
             "challenger_alias": "staging",
-            "promotion_margin": 0.0005,
+            # a stand-in, not a real model: no accuracy floor (tested in tests/registry)
+            "gate": {"alpha": 0.05, "min_effect": 0.001, "min_accuracy": 0.0},
         }
     )
     logged = log_standin(
@@ -98,7 +99,7 @@ def test_register_and_serve_through_a_tracking_server(
             "registry": registry_cfg,
             "run_id": None,
             "run_file": None,
-            "selection_metric": "val/acc_best",
+            "selection": {"metric": "val/acc", "mode": "max", "selected": "val/acc_selected"},
             "eval_split": "test",
             "eval_split_dir": str(synthetic_processed_dir / "test"),
             "report_path": str(tmp_path / "promotion.json"),
