@@ -292,7 +292,8 @@ def _retrain_locked(cfg: DictConfig) -> RetrainOutcome:
     try:
         version = register_run_model(client, str(cfg.registry.model_name), outcome.run_id)
         outcome.version = version
-        eval_sets = {"test": load_split(cfg.gate.eval_split_dir)}
+        # the first set is the primary one (registry.GATE_RULE): the gate split
+        eval_sets = {"gate": load_split(cfg.gate.eval_split_dir)}
         recent = snapshot.eval_arrays() if snapshot else None
         if recent is not None:
             eval_sets["recent_feedback"] = recent

@@ -257,8 +257,8 @@ def test_worse_challenger_is_not_promoted(
     outcome = json.loads((root / "reports" / "retrain" / "last_retrain.json").read_text())
     assert outcome["status"] == "rejected"
     assert (
-        outcome["decision"]["challenger_scores"]["test"]
-        < outcome["decision"]["champion_scores"]["test"]
+        outcome["decision"]["challenger_scores"]["gate"]
+        < outcome["decision"]["champion_scores"]["gate"]
     )
     # the rejected challenger stays registered with its decision (an audit trail), not served
     tags = client.get_model_version(MODEL, outcome["version"]).tags
@@ -283,8 +283,8 @@ def test_better_challenger_with_feedback_is_promoted_and_marker_retired(
         assert alias_version(client, MODEL, "production") == outcome.version != champion
         # the running server picks up the new champion by polling the alias, no restart
         assert _wait_for_served(url, outcome.version), "server kept serving the old champion"
-    # gated on the fixed test split AND the held-out newest feedback
-    assert set(outcome.decision["challenger_scores"]) == {"test", "recent_feedback"}
+    # gated on the gate split AND the held-out newest feedback
+    assert set(outcome.decision["challenger_scores"]) == {"gate", "recent_feedback"}
     assert outcome.feedback["splits"]["train"]["rows"] == 126
     # the challenger really trained on the feedback: its run's extra_train_dirs name the snapshot
     params = client.get_run(outcome.run_id).data.params
