@@ -16,6 +16,7 @@ class OptunaSweeperConf:
     study_name: str = "sweep"
     # an RDB URL (sqlite:///...) makes the study persistent: re-running the sweep resumes it
     storage: Any = None
+    # maximize/minimize, or max/min (conf/hparams_search/optuna.yaml passes selection.mode)
     direction: str = "maximize"
     # total finished trials the study should reach (trials from earlier runs count)
     n_trials: int = 20

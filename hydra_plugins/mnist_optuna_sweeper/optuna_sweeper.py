@@ -42,6 +42,8 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
+# ``selection.mode`` (max/min) is the project's one spelling of the direction; Optuna's is accepted
+DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
@@ -85,11 +87,11 @@ class OptunaSweeper(Sweeper):
     ) -> None:
         if n_trials < 1 or n_jobs < 1:
             raise ValueError(f"n_trials and n_jobs must be >= 1, got {n_trials} and {n_jobs}")
-        if direction not in ("minimize", "maximize"):
-            raise ValueError(f"direction must be minimize or maximize, got {direction!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
         self.study_name = study_name
         self.storage = storage
-        self.direction = direction
+        self.direction = DIRECTIONS[direction]
         self.n_trials = n_trials
         self.n_jobs = n_jobs
         self.sampler = sampler

@@ -1,4 +1,4 @@
-"""Trial-side half of the sweeper: report per-epoch ``val/acc`` and stop trials Optuna prunes.
+"""Trial-side half of the sweeper: report the per-epoch selection metric, stop pruned trials.
 
 Runs inside the training job as an ordinary trainer callback. It reaches the trial through the
 study storage (so it also works when a launcher runs trials in other processes) and judges
@@ -21,7 +21,9 @@ class PrunedTrial(TrainingInterrupted, optuna.TrialPruned):
 class OptunaPruning(Callback):
     """Report ``monitor`` every epoch; raise :class:`PrunedTrial` when the pruner says so.
 
-    ``trial_number`` is null outside a sweep, which makes the callback a no-op.
+    ``monitor`` is ``selection.metric`` (conf/hparams_search/optuna.yaml), the metric the trainer
+    selects epochs by; the study's direction is ``selection.mode``, so the pruner and the sweep
+    agree on what "better" means. ``trial_number`` is null outside a sweep (a no-op then).
     """
 
     def __init__(

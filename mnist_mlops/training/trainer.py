@@ -2,11 +2,15 @@
 
 The trainer decides *what* happens around the steps (which epoch, whether to stop, which weights
 are best, who gets told); the backend decides *where* the steps run (this process, Orca, Spark
-DDP). Model selection uses ``val/acc`` only; ``test`` runs once, on the restored best weights.
+DDP). Model selection reads val only (``monitor``/``monitor_mode``, set from the ``selection``
+config group); the kept model (best epoch restored, BatchNorm recalibrated when asked) is then
+re-validated, and that score (``val/acc_selected``, ``val/loss_selected``) is its validation score:
+the one the registry ranks by. ``test`` runs once, on the same weights, for the report only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -23,6 +27,9 @@ from mnist_mlops.training.module import ClassifierModule
 from mnist_mlops.training.precision import resolve_precision
 
 DEVICES = ("auto", "cpu", "cuda")
+# suffix of the re-validated scores of the kept model (``val/acc`` -> ``val/acc_selected``)
+SELECTED_SUFFIX = "_selected"
+_log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +102,8 @@ class Trainer:
         self.best_epoch: int | None = None
         self.best_score: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        # the kept model's validation scores, measured after fit() restored/recalibrated it
+        self.selected_metrics: dict[str, float] = {}
         self.datamodule: MnistDataModule | None = None
         self._configure_determinism()
 
@@ -130,15 +139,57 @@ class Trainer:
         if self.recalibrate_bn:
             module.to(self.device)
             recalibrate_batchnorm(module.net, datamodule.clean_train_dataloader(), self.device)
+        self.selected_metrics = self.validate_selected(module, datamodule)
+        _log.info(
+            "selected epoch %s by %s (%s): re-validated %s",
+            None if self.best_epoch is None else self.best_epoch + 1,
+            self.monitor,
+            self.monitor_mode,
+            ", ".join(f"{k}={v:.4f}" for k, v in self.selected_metrics.items()),
+        )
         for callback in self.callbacks:
             callback.on_fit_end(self, module)
 
+    @torch.inference_mode()
+    def validate_selected(
+        self, module: ClassifierModule, datamodule: MnistDataModule
+    ) -> dict[str, float]:
+        """Accuracy and NLL on val (float32, on the driver) of the weights fit() keeps.
+
+        Why: the best epoch's ``val/acc`` was measured before BatchNorm recalibration, so it is
+        not the score of the model that is tested, logged and served; this one is.
+        """
+        module.to(self.device)
+        was_training = module.net.training
+        module.net.eval()
+        correct, loss_sum, seen = 0, 0.0, 0
+        try:
+            for index, (x, y) in enumerate(datamodule.val_dataloader()):
+                if self.limit_val_batches and index >= self.limit_val_batches:
+                    break
+                x, y = x.to(self.device).float(), y.to(self.device)
+                log_probs = module.net(x).float()
+                correct += int((log_probs.argmax(dim=1) == y).sum())
+                loss_sum += float(torch.nn.functional.nll_loss(log_probs, y, reduction="sum"))
+                seen += int(y.numel())
+        finally:
+            module.net.train(was_training)
+        seen = max(seen, 1)
+        return {
+            f"val/acc{SELECTED_SUFFIX}": correct / seen,
+            f"val/loss{SELECTED_SUFFIX}": loss_sum / seen,
+        }
+
     def test(self, module: ClassifierModule, datamodule: MnistDataModule) -> dict[str, float]:
-        """Evaluate the test split once with the module's current (best-val) weights."""
+        """Evaluate the test split once with the module's current (best-val) weights.
+
+        The returned metrics (logged by the callbacks) also carry the kept model's re-validated
+        ``val/*_selected`` scores from fit(), so the run records both with the model.
+        """
         datamodule.setup(self.device)
         self.datamodule = datamodule
         module.trainer = self
-        metrics = dict(self.backend.test(module, datamodule, self))
+        metrics = {**self.backend.test(module, datamodule, self), **self.selected_metrics}
         for callback in self.callbacks:
             callback.on_test_end(self, module, metrics)
         return metrics
