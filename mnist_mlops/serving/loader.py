@@ -1,10 +1,13 @@
 """Which model to serve, and keeping it current without a restart.
 
-The served model is ``models:/<name>@<alias>``. When the registry cannot be reached or the
-alias does not exist, the newest FINISHED run's logged model is served instead (so a fresh
-pipeline serves something before its first promotion); with no model at all the app stays
-up but not ready. A watcher thread polls the alias and swaps in a newly promoted version; the
-swap is a single reference assignment, so in-flight requests finish on the model they started.
+The served model is ``models:/<name>@<alias>``. Only versions the promotion gate let through are
+ever served: when the alias's version cannot be loaded (or the alias is gone), the fallback is
+the most recent OTHER version that held the alias through the gate (version tag
+``promotion.production_from``, written by ``promote_if_better``); never an ungated run. With no
+such version (a fresh pipeline before its first promotion, or an unreachable registry) the app
+stays up but not ready, and ``/ready`` says why. A watcher thread polls the alias and swaps in
+a newly promoted version; the swap is a single reference assignment, so in-flight requests
+finish on the model they started.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops.serving.settings import ServingSettings
-from mnist_mlops.tracking.registry import MODEL_ARTIFACT, load_logged_model
+from mnist_mlops.tracking.registry import load_logged_model, production_history
 
 _log = logging.getLogger(__name__)
 WARMUP_BATCH_SIZES = (1, 8, 64)
@@ -33,9 +36,9 @@ class LoadedModel:
 
     module: torch.nn.Module
     name: str
-    version: str | None  # registry version; None when served from the run fallback
+    version: str | None  # registry version (a fallback is a version that held the alias too)
     run_id: str | None
-    source: str  # "registry" or "fallback"
+    source: str  # "registry" (the alias's version) or "fallback" (an earlier gated champion)
     uri: str
     metrics: dict[str, float] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32  # the precision the module runs in
@@ -91,28 +94,30 @@ class ModelResolver:
         uri = f"models:/{self.settings.model_name}/{version}"
         return self._loaded(uri, version, run_id, "registry")
 
-    def load_fallback(self) -> LoadedModel | None:
-        """The newest FINISHED run whose logged model loads, or None."""
+    def load_fallback(self, exclude: str | None = None) -> tuple[LoadedModel | None, str]:
+        """The most recent version (other than ``exclude``) that held the alias through the
+        gate and loads, else None; plus a one-line account of what was (not) found, for /ready.
+        """
+        name = self.settings.model_name
         try:
-            experiment = self.client.get_experiment_by_name(self.settings.experiment_name)
-            if experiment is None:
-                return None
-            runs = self.client.search_runs(
-                [experiment.experiment_id],
-                filter_string="attributes.status = 'FINISHED'",
-                order_by=["attributes.end_time DESC"],
-                max_results=20,
-            )
-        except Exception as exc:  # tracking store unreachable too: nothing to serve
+            history = [v for v in production_history(self.client, name) if v != exclude]
+        except Exception as exc:  # registry unreachable too: nothing gated can be found
             _log.warning("fallback search failed: %s", exc)
-            return None
-        for run in runs:
-            uri = f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
+            return None, "no earlier champion could be looked up, so nothing is served"
+        if not history:
+            return None, (
+                f"no other version of {name} ever passed the promotion gate, so nothing is "
+                "served (ungated runs never are; run `python -m mnist_mlops.register`)"
+            )
+        for version in history:
             try:
-                return self._loaded(uri, None, run.info.run_id, "fallback")
-            except Exception as exc:  # no or broken model in this run: try the next one
-                _log.info("run %s has no servable model: %s", run.info.run_id, exc)
-        return None
+                mv = self.client.get_model_version(name, version)
+                model = self._loaded(f"models:/{name}/{version}", version, mv.run_id, "fallback")
+            except Exception as exc:  # broken too: try the champion before it
+                _log.info("earlier champion %s v%s does not load: %s", name, version, exc)
+                continue
+            return model, f"serving v{version}, the last earlier champion that loads"
+        return None, f"no earlier champion ({', '.join(history)}) loads, so nothing is served"
 
     def _loaded(
         self, uri: str, version: str | None, run_id: str | None, source: str
@@ -213,7 +218,9 @@ class ModelWatcher:
             except Exception as exc:
                 self.last_error = f"registry alias unavailable: {exc}"
                 if current is None:
-                    self._swap(self.resolver.load_fallback())
+                    model, why = self.resolver.load_fallback()
+                    self._swap(model)
+                    self.last_error = f"{self.last_error}; {why}"
                 return self.current
             if current is not None and current.version == version:
                 return current
@@ -226,7 +233,9 @@ class ModelWatcher:
                     "loading %s version %s failed", self.resolver.settings.model_name, version
                 )
                 if current is None:
-                    self._swap(self.resolver.load_fallback())
+                    model, why = self.resolver.load_fallback(exclude=version)
+                    self._swap(model)
+                    self.last_error = f"{self.last_error}; {why}"
             return self.current
 
     def _swap(self, model: LoadedModel | None) -> None:

@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+from model_standins import client_for
 from serving_helpers import (
     ADMIN_TOKEN,
     free_port,
@@ -17,6 +18,7 @@ from serving_helpers import (
 )
 
 from mnist_mlops.data.splits import load_split
+from mnist_mlops.tracking.registry import production_history
 
 
 def test_no_model_means_live_but_not_ready_until_one_is_promoted(
@@ -33,10 +35,14 @@ def test_no_model_means_live_but_not_ready_until_one_is_promoted(
         assert refused.status_code == 503 and "no model" in refused.json()["detail"]
         assert httpx.get(f"{url}/model").status_code == 503
 
-    # Same store once a model is promoted: admin reload makes the running app ready.
+    # Finished runs with loadable models, none through the gate: still not ready (issue 10.6:
+    # the newest run is never served just because it exists). Once one is promoted, admin
+    # reload makes the running app ready on that version.
     settings = make_settings(fresh_store, tmp_path / "log2")
     with live_server(settings) as url:
-        assert get_json(f"{url}/ready")[1]["model"]["source"] == "fallback"
+        status, body = get_json(f"{url}/ready")
+        assert status == 503 and body["ready"] is False
+        assert "ever passed the promotion gate" in body["detail"]
         version = promote(fresh_store, standin_store.good.run_id, synthetic_processed_dir)
         reloaded = httpx.post(
             f"{url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
@@ -45,29 +51,54 @@ def test_no_model_means_live_but_not_ready_until_one_is_promoted(
         assert reloaded.json()["model"]["version"] == version
 
 
-def test_unreachable_registry_falls_back_to_the_newest_finished_run(
-    production_store, standin_store, tmp_path
-):
+def test_unreachable_registry_serves_nothing_ungated(production_store, standin_store, tmp_path):
+    """The registry is down: no gated version can be found, so the app stays not ready instead
+    of serving the newest run (which never went through the gate)."""
     dead_registry = f"http://127.0.0.1:{free_port()}"
     settings = make_settings(production_store, tmp_path / "log", registry_uri=dead_registry)
     started = time.monotonic()
     with live_server(settings) as url:
         assert time.monotonic() - started < 30  # fails fast, no minutes of retries
         status, body = get_json(f"{url}/ready")
-        assert status == 200
-        model = body["model"]
-        assert model["source"] == "fallback" and model["version"] is None
-        assert model["run_id"] == standin_store.bad.run_id  # logged last = newest run
+        assert status == 503 and body["ready"] is False
         assert "registry alias unavailable" in body["detail"]
+        assert "nothing is served" in body["detail"]
         served = httpx.post(f"{url}/predict", json={"pixels": [0] * 784, "scale": "0-255"})
-        assert served.status_code == 200 and served.json()["model"]["source"] == "fallback"
+        assert served.status_code == 503
 
 
-def test_missing_alias_falls_back(fresh_store, standin_store, tmp_path):
+def test_missing_alias_without_a_gated_history_is_not_ready(fresh_store, tmp_path):
     settings = make_settings(fresh_store, tmp_path / "log", model_alias="no-such-alias")
     with live_server(settings) as url:
-        model = get_json(f"{url}/model")[1]
-        assert model["source"] == "fallback" and model["run_id"] == standin_store.bad.run_id
+        status, body = get_json(f"{url}/ready")
+        assert status == 503 and "registry alias unavailable" in body["detail"]
+
+
+def test_broken_production_falls_back_to_the_last_gated_champion(
+    fresh_store, standin_store, synthetic_processed_dir, tmp_path
+):
+    """Two versions held production through the gate (v1 bad, then v2 good); then production
+    is pointed (out of band) at a version whose model cannot load. The server falls back to
+    v2 -- the last version that held production -- not to the newest run, and says so."""
+    old = promote(fresh_store, standin_store.bad.run_id, synthetic_processed_dir)
+    last_gated = promote(fresh_store, standin_store.good.run_id, synthetic_processed_dir)
+    client = client_for(fresh_store)
+    assert production_history(client, "mnist-classifier") == [last_gated, old]
+    broken = client.create_model_version(
+        "mnist-classifier", source=str(tmp_path / "no-such-model"), run_id=None
+    ).version
+    client.set_registered_model_alias("mnist-classifier", "production", str(broken))
+    settings = make_settings(fresh_store, tmp_path / "log")
+    with live_server(settings) as url:
+        status, body = get_json(f"{url}/ready")
+        assert status == 200, body
+        model = body["model"]
+        assert model["source"] == "fallback" and model["version"] == last_gated
+        assert model["run_id"] == standin_store.good.run_id
+        assert f"could not load version {broken}" in body["detail"]
+        assert f"serving v{last_gated}" in body["detail"]
+        served = httpx.post(f"{url}/predict", json={"pixels": [0] * 784, "scale": "0-255"})
+        assert served.status_code == 200 and served.json()["model"]["version"] == last_gated
 
 
 def test_promotion_during_a_burst_fails_no_request(
