@@ -6,7 +6,8 @@
     python -m mnist_mlops.retrain watch.enabled=true watch.interval_s=3600   # interval mode
 
 Exit codes: 0 done (promoted, rejected or nothing to do), 1 failed, 75 another retrain holds
-the lock. Watch mode keeps going after a failed or refused cycle and logs it.
+the lock. Every outcome, failures included, is written to ``report_path``
+(reports/retrain/last_retrain.json). Watch mode keeps going after a failed or refused cycle.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def run_once(cfg: DictConfig) -> int:
     except RetrainLocked as exc:
         print(f"retrain refused: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except Exception as exc:  # noqa: BLE001 - recorded in the report; the CLI says where
+        log.exception("retrain failed")
+        print(f"retrain failed: {exc} (outcome in {cfg.report_path})", file=sys.stderr)
+        return 1
     version = f" v{outcome.version}" if outcome.version else ""
     print(f"retrain {outcome.status}{version}: {outcome.reason}")
     return 0

@@ -50,6 +50,25 @@ def write_json(path: Path, obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def path_free(config: Any) -> Any:
+    """``config`` without the machine's absolute paths (dropped from mappings and lists).
+
+    ``manifest.json`` is a DVC output recorded in ``dvc.lock``: a raw or processed directory
+    spelled as this machine's absolute path would give every clone a different file (and a
+    dirty ``git status``) for the same rows. Relative values are kept: they mean the same thing
+    in every clone.
+    """
+    if isinstance(config, dict):
+        return {k: path_free(v) for k, v in config.items() if not _is_absolute_path(v)}
+    if isinstance(config, list):
+        return [path_free(v) for v in config if not _is_absolute_path(v)]
+    return config
+
+
+def _is_absolute_path(value: Any) -> bool:
+    return isinstance(value, str) and Path(value).is_absolute()
+
+
 def build_manifest(
     splits: dict[str, dict[str, Any]],
     baseline_hash: str,
@@ -59,7 +78,8 @@ def build_manifest(
     """Manifest with one ``dataset_hash`` over everything that defines the data's content.
 
     ``config`` is recorded for humans and lineage but left out of ``dataset_hash``: paths and
-    Spark settings differ between machines without changing a single row.
+    Spark settings differ between machines without changing a single row. Absolute paths are
+    dropped from it (:func:`path_free`), so the file is the same in every clone.
     """
     content = {
         "splits": {
@@ -74,5 +94,5 @@ def build_manifest(
         "splits": splits,
         "baseline_hash": baseline_hash,
         "normalization": normalization,
-        "config": config,
+        "config": path_free(config),
     }

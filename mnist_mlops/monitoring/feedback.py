@@ -5,33 +5,53 @@ The newest ``eval_fraction`` of labelled predictions is held out as ``recent_eva
 ``data.extra_train_dirs``. Holding out by time means the challenger is never judged on data
 it trained on, and is judged on the traffic it will actually serve next.
 
-Writes are all-or-nothing: a new snapshot is built in a temp directory and swapped in by
-renames, so a killed retrain leaves the previous snapshot intact. The snapshot gets a
-manifest (rows, label counts, content hashes, like the data manifest's split entries) and is
-versioned with ``dvc add`` when the project is a DVC repository.
+Versioning is content addressing, not ``dvc add`` (``data/`` is git-ignored, so DVC cannot
+track anything under it): each snapshot lives in ``<feedback.dir>/snapshots/<id>/``, where the
+id is the sha256 of its content (per split: rows and the row content hash of the data
+manifest), next to a manifest with the sha256 of every Parquet file. The same feedback always
+gives the same folder, a snapshot is never rewritten once it exists, and the challenger's MLflow
+run names it (tag ``feedback.snapshot``, and the splits as MLflow input datasets whose digest is
+that id), so every model can be traced to the exact feedback it saw.
+
+Writes are all-or-nothing: a snapshot is built in a staging directory and renamed into place,
+so a killed retrain leaves no half-written snapshot.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
-import subprocess
-import sys
+import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from mnist_mlops.data.constants import NUM_CLASSES
-from mnist_mlops.data.manifest import split_content_hash, write_json
+from mnist_mlops.data.manifest import json_hash, split_content_hash, write_json
 from mnist_mlops.data.splits import MnistArrays, arrays_to_table, load_split
+from mnist_mlops.monitoring.report import atomic_write_text
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
 RECENT_EVAL = "recent_eval"
+SNAPSHOTS = "snapshots"
+# ``<feedback.dir>/latest.json`` names the newest snapshot (for operators; runs name their own)
+LATEST = "latest.json"
+# folder names and MLflow dataset digests use a prefix of the sha256 (64 bits: no collisions
+# among the snapshots one project makes); the full id is in the manifest and the run's tag
+SNAPSHOT_DIR_CHARS = 16
+DIGEST_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,10 @@ class FeedbackSnapshot:
     train_dir: Path | None
     eval_dir: Path | None
     manifest: dict
+
+    @property
+    def snapshot_id(self) -> str:
+        return str(self.manifest["snapshot_id"])
 
     def eval_arrays(self) -> MnistArrays | None:
         return load_split(self.eval_dir) if self.eval_dir is not None else None
@@ -59,18 +83,6 @@ def _write_split(directory: Path, arrays: MnistArrays) -> None:
     directory.mkdir(parents=True)
     table = arrays_to_table(arrays.images, arrays.labels, [str(i) for i in arrays.image_ids])
     pq.write_table(table, directory / "part-00000.parquet")
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Replace ``target`` by ``staging`` with renames only (never a half-written target)."""
-    retired = target.with_name(f".{target.name}.retired")
-    if retired.exists():
-        shutil.rmtree(retired)
-    if target.exists():
-        target.rename(retired)
-    staging.rename(target)
-    if retired.exists():
-        shutil.rmtree(retired)
 
 
 def collect_feedback(
@@ -96,47 +108,99 @@ def collect_feedback(
     }
 
     feedback_dir = Path(feedback_dir)
-    staging = feedback_dir.with_name(f".{feedback_dir.name}.staging")
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = feedback_dir / f".staging-{uuid.uuid4().hex[:8]}"
     manifest: dict = {
-        "schema_version": 1,
+        "schema_version": 2,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": {"prediction_log": str(log_dir), "labelled_predictions": int(labelled.size)},
         "eval_fraction": eval_fraction,
         "splits": {},
     }
-    for name, idx in parts.items():
-        if idx.size == 0:
-            continue
-        arrays = MnistArrays(window.images[idx], window.labels[idx], window.ids[idx])
-        _write_split(staging / name, arrays)
-        entry = _split_entry(arrays)
-        entry["newest"] = str(window.timestamps[idx].max())
-        manifest["splits"][name] = entry
-    write_json(staging / "manifest.json", manifest)
-    _swap_in(staging, feedback_dir)
+    try:
+        for name, idx in parts.items():
+            if idx.size == 0:
+                continue
+            arrays = MnistArrays(window.images[idx], window.labels[idx], window.ids[idx])
+            _write_split(staging / name, arrays)
+            entry = _split_entry(arrays)
+            entry["newest"] = str(window.timestamps[idx].max())
+            manifest["splits"][name] = entry
+        manifest["snapshot_id"] = snapshot_id(manifest["splits"])
+        manifest["files"] = {
+            str(f.relative_to(staging)): _file_sha256(f) for f in sorted(staging.rglob("*.parquet"))
+        }
+        write_json(staging / "manifest.json", manifest)
+        root = feedback_dir / SNAPSHOTS / manifest["snapshot_id"][:SNAPSHOT_DIR_CHARS]
+        if root.exists():  # the same feedback as an earlier snapshot: keep that one as it is
+            manifest = json.loads((root / "manifest.json").read_text())
+        else:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_text(feedback_dir / LATEST, json.dumps({"snapshot": str(root)}) + "\n")
     log.info(
-        "feedback snapshot in %s: %s",
-        feedback_dir,
+        "feedback snapshot %s in %s: %s",
+        manifest["snapshot_id"][:12],
+        root,
         {k: v["rows"] for k, v in manifest["splits"].items()},
     )
     return FeedbackSnapshot(
-        root=feedback_dir,
-        train_dir=feedback_dir / TRAIN if TRAIN in manifest["splits"] else None,
-        eval_dir=feedback_dir / RECENT_EVAL if RECENT_EVAL in manifest["splits"] else None,
+        root=root,
+        train_dir=root / TRAIN if TRAIN in manifest["splits"] else None,
+        eval_dir=root / RECENT_EVAL if RECENT_EVAL in manifest["splits"] else None,
         manifest=manifest,
     )
 
 
-def dvc_version(path: Path, repo_root: Path) -> str | None:
-    """``dvc add`` the snapshot when ``repo_root`` is a DVC repo; returns the .dvc file or None."""
-    if not (repo_root / ".dvc").is_dir():
-        log.info("%s is not a DVC repository: feedback snapshot not versioned", repo_root)
-        return None
-    dvc = Path(sys.executable).with_name("dvc")
-    command = [str(dvc) if dvc.exists() else "dvc", "add", str(path.relative_to(repo_root))]
-    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed: {result.stderr.strip()[-2000:]}")
-    return str(path.with_name(path.name + ".dvc"))
+def snapshot_id(splits: dict[str, dict]) -> str:
+    """sha256 of what the snapshot holds: per split its rows and row content hash."""
+    return json_hash(
+        {name: {k: entry[k] for k in ("rows", "content_hash")} for name, entry in splits.items()}
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_snapshot_inputs(client: MlflowClient, run_id: str, snapshot: FeedbackSnapshot) -> None:
+    """Record the snapshot on ``run_id``: its splits as MLflow input datasets, its id as tags.
+
+    Each split becomes a dataset named ``feedback-<split>`` whose source is the Parquet folder
+    and whose digest is the snapshot id (the same id names the folder), with the context
+    ``training`` or ``evaluation``.
+    """
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+
+    contexts = {TRAIN: "training", RECENT_EVAL: "evaluation"}
+    inputs = []
+    for name, directory in ((TRAIN, snapshot.train_dir), (RECENT_EVAL, snapshot.eval_dir)):
+        if directory is None:
+            continue
+        frame = pq.read_table(directory).to_pandas()
+        # a local path matches two equivalent source types; labels are never missing
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            dataset = mlflow.data.from_pandas(
+                frame,
+                source=str(directory),
+                name=f"feedback-{name}",
+                digest=snapshot.snapshot_id[:DIGEST_CHARS],
+                targets="label",
+            )
+        inputs.append(
+            DatasetInput(
+                dataset=dataset._to_mlflow_entity(),
+                tags=[InputTag(key="mlflow.data.context", value=contexts[name])],
+            )
+        )
+    client.log_inputs(run_id, datasets=inputs)
+    client.set_tag(run_id, "feedback.snapshot", snapshot.snapshot_id)
+    client.set_tag(run_id, "feedback.snapshot_dir", str(snapshot.root))

@@ -9,7 +9,11 @@ Safety properties, and how they hold:
   -> cleanup here; SIGKILL -> cleanup by the next retrain, :func:`recover_interrupted`) is
   deleted unless it became the champion. Versions are recognised by the ``retrain_id`` tag
   on their training run.
-- Feedback snapshots are swapped in by renames (:mod:`mnist_mlops.monitoring.feedback`).
+- Feedback snapshots are content-addressed folders made by one rename, never rewritten
+  (:mod:`mnist_mlops.monitoring.feedback`), and named on the challenger's MLflow run.
+- Every outcome reaches ``report_path``: ``running`` as soon as the lock is held (the previous
+  run's outcome never stays there), then ``skipped``/``promoted``/``rejected``, or ``failed``
+  with the error (exceptions, a failing or timed-out child, SIGTERM).
 - Training runs in a child process that dies with its parent (``PR_SET_PDEATHSIG``), so a
   killed retrain does not leave an orphan training job behind.
 """
@@ -23,7 +27,9 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,7 +40,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.data.splits import load_split
-from mnist_mlops.monitoring.feedback import FeedbackSnapshot, collect_feedback, dvc_version
+from mnist_mlops.monitoring.feedback import (
+    FeedbackSnapshot,
+    collect_feedback,
+    log_snapshot_inputs,
+)
 from mnist_mlops.monitoring.lock import exclusive_lock
 from mnist_mlops.monitoring.report import DriftExit, atomic_write_text
 
@@ -49,7 +59,7 @@ TRIGGERS = ("force", "drift", "schedule", "drift_or_schedule")
 class RetrainOutcome:
     """What one retrain did; also written as JSON to ``report_path``."""
 
-    status: str  # skipped | promoted | rejected
+    status: str  # running | skipped | promoted | rejected | failed
     reason: str
     retrain_id: str | None = None
     trigger: str | None = None
@@ -58,6 +68,12 @@ class RetrainOutcome:
     decision: dict[str, Any] | None = None
     feedback: dict[str, Any] | None = None
     work_dir: str | None = None
+    # the step that was running when it failed, and the error (type: message)
+    step: str | None = None
+    error: str | None = None
+    # the training child's console output
+    train_log: str | None = None
+    started_at: str | None = None
     finished_at: str | None = None
 
 
@@ -68,8 +84,10 @@ class StepRecorder:
         self.work_dir = work_dir
         self.pause_before = pause_before
         self.pause_s = pause_s
+        self.step: str | None = None
 
     def enter(self, step: str, **info: Any) -> None:
+        self.step = step
         payload = {"step": step, "at": datetime.now(UTC).isoformat(timespec="seconds"), **info}
         atomic_write_text(self.work_dir / "status.json", json.dumps(payload))
         log.info("retrain step: %s", step)
@@ -104,16 +122,34 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run_child(args: list[str], timeout_s: float, log_path: Path) -> int:
-    """Run a Python entrypoint as a child; terminate it if this process is interrupted."""
+def _pump(source: Any, log_file: Any, prefix: str | None) -> None:
+    """Copy the child's output line by line into its log file (and onto our console)."""
+    for line in source:
+        log_file.write(line)
+        log_file.flush()
+        if prefix is not None:
+            sys.stdout.write(f"{prefix}{line}")
+            sys.stdout.flush()
+
+
+def run_child(args: list[str], timeout_s: float, log_path: Path, echo: str | None = None) -> int:
+    """Run a Python entrypoint as a child; terminate it if this process is interrupted.
+
+    Its output goes to ``log_path`` and, with ``echo`` (a line prefix), to our stdout as well,
+    so a long training shows its epoch lines while it runs.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as out:
         child = subprocess.Popen(
             [sys.executable, "-m", *args],
-            stdout=out,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
             preexec_fn=_die_with_parent,
         )
+        pump = threading.Thread(target=_pump, args=(child.stdout, out, echo), daemon=True)
+        pump.start()
         try:
             return child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
@@ -127,6 +163,8 @@ def run_child(args: list[str], timeout_s: float, log_path: Path) -> int:
                     child.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     child.kill()
+                    child.wait()
+            pump.join(timeout=10)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -153,7 +191,8 @@ def should_retrain(cfg: DictConfig, work_dir: Path) -> tuple[bool, str]:
             return True, f"drift alert marker {marker}"
         if cfg.drift.check_now:
             args = ["mnist_mlops.drift", *shared_overrides(cfg), *cfg.drift.overrides]
-            rc = run_child(args, float(cfg.drift.timeout_s), work_dir / "drift.log")
+            print(f"drift check: log in {work_dir / 'drift.log'}", flush=True)
+            rc = run_child(args, float(cfg.drift.timeout_s), work_dir / "drift.log", "[drift] ")
             if rc == DriftExit.ALERT:
                 return True, "drift check alerted"
             if rc not in (DriftExit.OK, DriftExit.WARN, DriftExit.NOT_ENOUGH_DATA):
@@ -229,44 +268,76 @@ def train_challenger(
         f"data.extra_train_dirs=[{extra_train_dir}]"
         if extra_train_dir
         else "data.extra_train_dirs=[]",
+        # epoch lines without a bar: they go to a log file and to our console
+        "callbacks=console",
         *feedback_tags,
         *cfg.train.overrides,
     ]
-    rc = run_child(args, float(cfg.train.timeout_s), work_dir / "train.log")
+    log_path = work_dir / "train.log"
+    print(f"training the challenger: log in {log_path}", flush=True)
+    rc = run_child(args, float(cfg.train.timeout_s), log_path, "[train] ")
     if rc != 0:
-        raise RuntimeError(f"training failed (exit {rc}); see {work_dir / 'train.log'}")
+        raise RuntimeError(f"training failed (exit {rc}); see {log_path}")
     return str(json.loads((report_dir / "run.json").read_text())["run_id"])
 
 
 def retrain(cfg: DictConfig) -> RetrainOutcome:
-    """One guarded retrain cycle (raises :class:`RetrainLocked` if another one runs)."""
+    """One guarded retrain cycle (raises :class:`RetrainLocked` if another one runs).
+
+    A refused retrain writes no report: the one holding the lock owns it (``running``).
+    Any other failure is recorded as ``status=failed`` and re-raised.
+    """
     with exclusive_lock(cfg.lock_path, "retrain"):
-        return _retrain_locked(cfg)
+        retrain_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        work_dir = Path(cfg.work_dir) / retrain_id
+        work_dir.mkdir(parents=True, exist_ok=True)
+        outcome = RetrainOutcome(
+            status="running",
+            reason="started",
+            retrain_id=retrain_id,
+            trigger=str(cfg.trigger),
+            work_dir=str(work_dir),
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        _write_report(cfg, outcome)
+        steps = StepRecorder(work_dir, cfg.drill.pause_before, float(cfg.drill.pause_s))
+        try:
+            return _retrain_locked(cfg, outcome, work_dir, steps)
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+            outcome.status = "failed"
+            outcome.step = steps.step
+            outcome.error = _describe(exc)
+            outcome.reason = f"failed at step {steps.step}: {outcome.error}"
+            _finish(cfg, outcome, success=False)
+            raise
 
 
-def _retrain_locked(cfg: DictConfig) -> RetrainOutcome:
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"interrupted (exit {exc.code}, e.g. SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+def _retrain_locked(
+    cfg: DictConfig, outcome: RetrainOutcome, work_dir: Path, steps: StepRecorder
+) -> RetrainOutcome:
     from mnist_mlops.tracking.registry import promote_if_better, register_run_model, write_report
     from mnist_mlops.tracking.setup import configure_mlflow
 
+    retrain_id = str(outcome.retrain_id)
+    steps.enter("recover")
     client = configure_mlflow(cfg.registry)
     if removed := recover_interrupted(client, cfg.registry):
         log.warning("removed undecided versions %s left by an interrupted retrain", removed)
-    retrain_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    work_dir = Path(cfg.work_dir) / retrain_id
-    work_dir.mkdir(parents=True, exist_ok=True)
-    steps = StepRecorder(work_dir, cfg.drill.pause_before, float(cfg.drill.pause_s))
 
     steps.enter("trigger")
     go, why = should_retrain(cfg, work_dir)
-    outcome = RetrainOutcome(
-        status="skipped",
-        reason=why,
-        retrain_id=retrain_id,
-        trigger=str(cfg.trigger),
-        work_dir=str(work_dir),
-    )
+    outcome.reason = why
     if not go:
         log.info("no retrain needed: %s", why)
+        outcome.status = "skipped"
         _finish(cfg, outcome, success=False)
         return outcome
 
@@ -280,12 +351,13 @@ def _retrain_locked(cfg: DictConfig) -> RetrainOutcome:
             int(cfg.feedback.min_eval),
         )
         if snapshot is not None:
-            outcome.feedback = dict(snapshot.manifest)
-            if cfg.feedback.dvc_add:
-                outcome.feedback["dvc_file"] = dvc_version(snapshot.root, Path(cfg.paths.root_dir))
+            outcome.feedback = {**snapshot.manifest, "dir": str(snapshot.root)}
 
     steps.enter("train")
+    outcome.train_log = str(work_dir / "train.log")
     outcome.run_id = train_challenger(cfg, retrain_id, work_dir, snapshot)
+    if snapshot is not None:
+        log_snapshot_inputs(client, outcome.run_id, snapshot)
 
     steps.enter("register", run_id=outcome.run_id)
     version = None
@@ -314,10 +386,14 @@ def _retrain_locked(cfg: DictConfig) -> RetrainOutcome:
     return outcome
 
 
+def _write_report(cfg: DictConfig, outcome: RetrainOutcome) -> None:
+    atomic_write_text(Path(cfg.report_path), json.dumps(asdict(outcome), indent=2, default=str))
+
+
 def _finish(cfg: DictConfig, outcome: RetrainOutcome, success: bool) -> None:
     """Write the outcome; on a decision, record success and retire the drift marker."""
     outcome.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-    atomic_write_text(Path(cfg.report_path), json.dumps(asdict(outcome), indent=2, default=str))
+    _write_report(cfg, outcome)
     if not success:
         return
     state_path = Path(cfg.state_path)

@@ -6,6 +6,7 @@ imported only by the callback classes that need them (``mnist_mlops.tracking``, 
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,10 +44,65 @@ class Callback:
     ) -> None: ...
 
 
-class ProgressBar(Callback):
-    """A tqdm bar per epoch showing the live loss and running accuracy."""
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``, ``4000`` -> ``1h06m40s``: short enough for a progress line."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ConsoleProgress(Callback):
+    """One plain line per epoch (loss, accuracy, epoch time, ETA) on stdout.
+
+    Plain lines, not a bar: under ``dvc repro`` or a retrain's log file there is no terminal,
+    and a long run still has to say where it is. The ETA is the mean epoch time so far times
+    the epochs left.
+    """
+
+    shown = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+    def __init__(self) -> None:
+        self._fit_start: float | None = None
+
+    def on_fit_start(self, trainer: Trainer, module: ClassifierModule) -> None:
+        self._fit_start = time.perf_counter()
+        print(
+            f"training: {trainer.max_epochs} epochs x {trainer.num_train_batches} batches"
+            f" on {trainer.device} ({trainer.precision})",
+            flush=True,
+        )
+
+    def epoch_line(self, trainer: Trainer, metrics: dict[str, float]) -> str:
+        done = trainer.current_epoch + 1
+        elapsed = time.perf_counter() - (self._fit_start or time.perf_counter())
+        epoch_s = metrics.get("epoch_time_s", elapsed / done)
+        eta = elapsed / done * (trainer.max_epochs - done)
+        text = "  ".join(f"{k}={metrics[k]:.4f}" for k in self.shown if k in metrics)
+        return (
+            f"epoch {done}/{trainer.max_epochs}  {text}  time={format_duration(epoch_s)}"
+            f"  ETA {format_duration(eta)}"
+        )
+
+    def on_validation_epoch_end(
+        self, trainer: Trainer, module: ClassifierModule, metrics: dict[str, float]
+    ) -> None:
+        print(self.epoch_line(trainer, metrics), flush=True)
+
+    def on_test_end(
+        self, trainer: Trainer, module: ClassifierModule, metrics: dict[str, float]
+    ) -> None:
+        text = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"test (best epoch {(trainer.best_epoch or 0) + 1}): {text}", flush=True)
+
+
+class ProgressBar(ConsoleProgress):
+    """A tqdm bar per epoch showing the live loss and running accuracy, then the epoch line."""
 
     def __init__(self, refresh_every: int = 20) -> None:
+        super().__init__()
         self.refresh_every = refresh_every
         self._bar: Any = None
 
@@ -80,6 +136,4 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        shown = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_time_s")
-        text = "  ".join(f"{k}={metrics[k]:.4f}" for k in shown if k in metrics)
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {text}", flush=True)
+        super().on_validation_epoch_end(trainer, module, metrics)

@@ -61,7 +61,6 @@ def _overrides(root: Path, processed: Path, *extra: str) -> list[str]:
         f"data.processed_dir={processed}",
         f"registry.tracking_uri=sqlite:///{root}/mlruns/mlflow.db",
         f"registry.artifact_location={root}/mlruns/artifacts",
-        "feedback.dvc_add=false",
         *extra,
     ]
 
@@ -109,16 +108,89 @@ def test_feedback_snapshot_holds_out_the_newest_and_writes_a_manifest(tmp_path: 
     assert (len(train), len(recent)) == (70, 30)
     # held out by time: every eval prediction is newer than every training one
     assert sorted(recent.image_ids) == ids[70:100] and sorted(train.image_ids) == ids[:70]
-    manifest = json.loads((tmp_path / "feedback" / "manifest.json").read_text())
+    manifest = json.loads((snap.root / "manifest.json").read_text())
     assert manifest["splits"]["train"]["rows"] == 70
     assert sum(manifest["splits"]["recent_eval"]["label_counts"]) == 30
     assert len(manifest["splits"]["train"]["content_hash"]) == 64
-    # a new snapshot replaces the old one whole; no staging dir is left behind
+    # a different split of the feedback is a different snapshot, beside the first one
     again = collect_feedback(
         tmp_path / "log", tmp_path / "feedback", eval_fraction=0.5, min_eval=20
     )
     assert again is not None and len(again.eval_arrays()) == 50
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback", "log"]
+    assert again.root != snap.root and snap.root.is_dir()
+    # no staging dir is left behind, and latest.json names the newest snapshot
+    assert sorted(p.name for p in (tmp_path / "feedback").iterdir()) == [
+        "latest.json",
+        "snapshots",
+    ]
+    latest = json.loads((tmp_path / "feedback" / "latest.json").read_text())
+    assert latest == {"snapshot": str(again.root)}
+
+
+def test_feedback_snapshot_is_content_addressed(tmp_path: Path) -> None:
+    import hashlib
+
+    _log_predictions(tmp_path / "log", n=60, n_labelled=40)
+    snap = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.25, min_eval=5)
+    assert snap is not None
+    assert snap.root == tmp_path / "fb" / "snapshots" / snap.snapshot_id[:16]
+    assert len(snap.snapshot_id) == 64
+    # the manifest pins every Parquet file by its sha256, and rows per split
+    files = snap.manifest["files"]
+    assert sorted(files) == ["recent_eval/part-00000.parquet", "train/part-00000.parquet"]
+    for name, digest in files.items():
+        assert hashlib.sha256((snap.root / name).read_bytes()).hexdigest() == digest
+    assert {k: v["rows"] for k, v in snap.manifest["splits"].items()} == {
+        "train": 30,
+        "recent_eval": 10,
+    }
+    # the same feedback again: the same folder, left exactly as it was
+    before = {p: p.stat().st_mtime_ns for p in snap.root.rglob("*")}
+    same = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.25, min_eval=5)
+    assert same is not None and same.root == snap.root and same.manifest == snap.manifest
+    assert {p: p.stat().st_mtime_ns for p in snap.root.rglob("*")} == before
+    # one more label: new content, new id, new folder
+    from mnist_mlops.serving.prediction_log import PredictionLogWriter
+
+    ids = [f"{i:032x}" for i in range(60)]
+    writer = PredictionLogWriter(tmp_path / "log", flush_interval_s=0.05)
+    writer.log_feedback(ids[50], 3)
+    writer.close()
+    grown = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.25, min_eval=5)
+    assert grown is not None and grown.snapshot_id != snap.snapshot_id
+    assert len(list((tmp_path / "fb" / "snapshots").iterdir())) == 2
+
+
+def test_snapshot_is_logged_to_the_run_as_mlflow_input_datasets(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mnist_mlops.monitoring.feedback import log_snapshot_inputs
+
+    _log_predictions(tmp_path / "log", n=60, n_labelled=40)
+    snap = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.25, min_eval=5)
+    assert snap is not None
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    log_snapshot_inputs(client, run_id, snap)
+    run = client.get_run(run_id)
+    assert run.data.tags["feedback.snapshot"] == snap.snapshot_id
+    assert run.data.tags["feedback.snapshot_dir"] == str(snap.root)
+    logged = {
+        d.dataset.name: (d.dataset, {t.key: t.value for t in d.tags})
+        for d in run.inputs.dataset_inputs
+    }
+    assert sorted(logged) == ["feedback-recent_eval", "feedback-train"]
+    train, train_tags = logged["feedback-train"]
+    assert train.digest == snap.snapshot_id[:16]
+    assert train_tags["mlflow.data.context"] == "training"
+    assert logged["feedback-recent_eval"][1]["mlflow.data.context"] == "evaluation"
+    assert json.loads(train.profile)["num_rows"] == 30
+    assert json.loads(train.source)["uri"] == str(snap.root / "train")
+    # the logged source resolves back to the snapshot's rows
+    source = mlflow.data.get_source(logged["feedback-train"][0]).load()
+    assert len(load_split(source)) == 30
 
 
 def test_feedback_too_small_to_hold_out_all_goes_to_training(tmp_path: Path) -> None:
@@ -158,6 +230,47 @@ def test_second_retrain_is_refused_while_the_lock_is_held(
         retrain(cfg)
     assert "another retrain is already running" in str(refused.value)
     assert f'"pid": {os.getpid()}' in str(refused.value)
+
+
+def test_a_failed_retrain_replaces_the_last_outcome_with_the_error(
+    tmp_path: Path, synthetic_processed_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mnist_mlops.retrain import run_once
+
+    cfg = _compose(
+        tmp_path,
+        synthetic_processed_dir,
+        "trigger=force",
+        'train.overrides=["model=no_such_model"]',  # the training child exits 1 at once
+    )
+    report = Path(cfg.report_path)
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"status": "promoted", "version": "3"}))  # an earlier run
+    assert run_once(cfg) == 1
+    outcome = json.loads(report.read_text())
+    assert outcome["status"] == "failed" and outcome["step"] == "train"
+    assert "training failed (exit 1)" in outcome["error"]
+    assert outcome["version"] is None and outcome["finished_at"]
+    train_log = Path(outcome["train_log"])
+    assert "no_such_model" in train_log.read_text()
+    out, err = capsys.readouterr()
+    # the child's output reached the console too, and the CLI said where the log and report are
+    assert f"training the challenger: log in {train_log}" in out
+    assert "[train] " in out and "no_such_model" in out
+    assert "retrain failed: training failed (exit 1)" in err and str(report) in err
+    # a failure is not a success: the schedule still sees no successful retrain
+    assert not Path(cfg.state_path).exists()
+
+
+def test_a_training_timeout_is_recorded_as_failed(
+    tmp_path: Path, synthetic_processed_dir: Path
+) -> None:
+    cfg = _compose(tmp_path, synthetic_processed_dir, "trigger=force", "train.timeout_s=0.5")
+    with pytest.raises(RuntimeError, match="did not finish in 0.5s"):
+        retrain(cfg)
+    outcome = json.loads(Path(cfg.report_path).read_text())
+    assert outcome["status"] == "failed" and outcome["step"] == "train"
+    assert "did not finish in 0.5s" in outcome["error"]
 
 
 def test_recovery_deletes_only_undecided_retrain_versions(tmp_path: Path, standin_store) -> None:
@@ -271,11 +384,11 @@ def test_better_challenger_with_feedback_is_promoted_and_marker_retired(
 ) -> None:
     root, client = project
     champion = _set_champion(client, standin_store.bad.run_id)
-    _log_predictions(root / "outputs" / "predictions", n=200, n_labelled=180, seed=7)
+    cfg = _compose(root, synthetic_processed_dir, f"train.overrides={_quote_list(GOOD_TRAINING)}")
+    _log_predictions(Path(cfg.feedback.log_dir), n=200, n_labelled=180, seed=7)
     marker = root / "reports" / "drift" / "DRIFT_ALERT.json"
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"status": "alert"}))
-    cfg = _compose(root, synthetic_processed_dir, f"train.overrides={_quote_list(GOOD_TRAINING)}")
     with serving(root) as url:
         assert _wait_for_served(url, champion)
         outcome = retrain(cfg)  # trigger=drift, satisfied by the waiting marker
@@ -288,9 +401,15 @@ def test_better_challenger_with_feedback_is_promoted_and_marker_retired(
     assert outcome.feedback["splits"]["train"]["rows"] == 126
     # the challenger really trained on the feedback: its run's extra_train_dirs name the snapshot
     params = client.get_run(outcome.run_id).data.params
-    assert str(root / "data" / "feedback" / "train") in params["data.extra_train_dirs"]
-    run_tags = client.get_run(outcome.run_id).data.tags
-    assert run_tags["feedback_train_hash"] == outcome.feedback["splits"]["train"]["content_hash"]
+    snapshot_dir = Path(outcome.feedback["dir"])
+    assert snapshot_dir.parent == root / "data" / "feedback" / "snapshots"
+    assert str(snapshot_dir / "train") in params["data.extra_train_dirs"]
+    run = client.get_run(outcome.run_id)
+    assert (
+        run.data.tags["feedback_train_hash"] == outcome.feedback["splits"]["train"]["content_hash"]
+    )
+    assert run.data.tags["feedback.snapshot"] == outcome.feedback["snapshot_id"]
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} >= {"feedback-train"}
     assert not marker.exists() and (Path(outcome.work_dir) / "handled_drift_alert.json").exists()
     # and the next drift-triggered run has nothing to do
     assert (
@@ -343,6 +462,8 @@ def test_sigterm_before_the_gate_changes_nothing_and_a_second_run_is_refused(
     try:
         # paused right before the gate: the challenger is registered but undecided
         assert len(_versions(client)) == len(before) + 1
+        report = root / "reports" / "retrain" / "last_retrain.json"
+        assert json.loads(report.read_text())["status"] == "running"
         second = _cli(root, synthetic_processed_dir, "trigger=force")
         assert second.returncode == 75, second.stderr[-2000:]
         assert "another retrain is already running" in second.stderr
@@ -354,6 +475,9 @@ def test_sigterm_before_the_gate_changes_nothing_and_a_second_run_is_refused(
     assert first.returncode != 0
     assert alias_version(client, MODEL, "production") == champion
     assert _versions(client) == before  # the half-way challenger was removed
+    outcome = json.loads(report.read_text())
+    assert outcome["status"] == "failed" and outcome["step"] == "gate"
+    assert "interrupted" in outcome["error"]
 
 
 @pytest.mark.slow
@@ -399,22 +523,6 @@ def test_sigkill_before_the_gate_is_cleaned_up_by_the_next_retrain(
     retrain(_compose(root, synthetic_processed_dir, "drift.check_now=false"))
     assert _versions(client) == before
     assert alias_version(client, MODEL, "production") == champion
-
-
-def test_feedback_snapshot_is_versioned_with_dvc(tmp_path: Path) -> None:
-    from mnist_mlops.monitoring.feedback import dvc_version
-
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
-    _log_predictions(tmp_path / "log", n=40, n_labelled=40)
-    snap = collect_feedback(tmp_path / "log", tmp_path / "data" / "feedback", 0.0, 10)
-    assert snap is not None
-    dvc_file = Path(dvc_version(snap.root, tmp_path))
-    assert dvc_file == tmp_path / "data" / "feedback.dvc"
-    assert "md5:" in dvc_file.read_text() and "path: feedback" in dvc_file.read_text()
-    # not a DVC repo: no versioning, no error
-    assert dvc_version(snap.root, tmp_path / "data") is None
 
 
 def test_watch_mode_runs_cycles_and_survives_a_refused_one(
