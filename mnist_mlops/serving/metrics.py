@@ -54,6 +54,45 @@ LOG_DROPPED = Gauge(
     multiprocess_mode="liveall",
 )
 
+LOG_WRITE_FAILURES = Counter(
+    "mnist_prediction_log_write_failures_total",
+    "Writes the disk refused (truncated back to the last whole record), by kind and reason",
+    ["kind", "reason"],
+)
+LOG_RECORDS_LOST = Counter(
+    "mnist_prediction_log_records_lost_total",
+    "Records that never reached the log or vanished from it, by kind and reason",
+    ["kind", "reason"],
+)
+LOG_RECREATED = Counter(
+    "mnist_prediction_log_recreated_total",
+    "Times the log folder (or this writer's lock in it) was found deleted and recreated",
+    ["kind"],
+)
+LOG_SEGMENTS_DELETED = Counter(
+    "mnist_prediction_log_segments_deleted_total",
+    "Segments retired to keep the size budget (budget: own, over its share; orphan: dead writer)",
+    ["kind", "reason"],
+)
+LOG_CORRUPT = Counter(
+    "mnist_prediction_log_corrupt_total",
+    "Damaged segments or spans the reader skipped while indexing, by kind and reason",
+    ["kind", "reason"],
+)
+FEEDBACK = Counter(
+    "mnist_feedback_total",
+    "Feedback requests by outcome (recorded_trusted, recorded_untrusted, duplicate, "
+    "unknown_id, bad_token, rate_limited, invalid, storage_failed)",
+    ["outcome"],
+)
+
+_LOG_EVENTS = {
+    "write_failed": LOG_WRITE_FAILURES,
+    "lost": LOG_RECORDS_LOST,
+    "segment_deleted": LOG_SEGMENTS_DELETED,
+    "corrupt": LOG_CORRUPT,
+}
+
 _DIGIT_COUNTERS = [PREDICTIONS.labels(digit=str(d)) for d in range(10)]
 
 
@@ -62,6 +101,16 @@ def count_predictions(predicted_counts) -> None:
     for digit, count in enumerate(predicted_counts):
         if count:
             _DIGIT_COUNTERS[digit].inc(int(count))
+
+
+def log_event(event: str, kind: str, reason: str, count: int) -> None:
+    """The prediction log's event hook: every failure it survives becomes a counter."""
+    if count <= 0:
+        return
+    if event == "recreated":
+        LOG_RECREATED.labels(kind=kind).inc(count)
+    elif (counter := _LOG_EVENTS.get(event)) is not None:
+        counter.labels(kind=kind, reason=reason).inc(count)
 
 
 def set_model(name: str, version: str | None, source: str) -> None:
