@@ -39,6 +39,10 @@ def serve(cfg: DictConfig) -> None:
         workers=workers,
         log_level=str(cfg.server.log_level),
         access_log=bool(cfg.server.access_log),
+        # bounded connections per worker (past it: 503) and idle keep-alive; body sizes and
+        # body-read time are enforced by the app itself (serving/limits.py)
+        limit_concurrency=cfg.server.get("limit_concurrency"),
+        timeout_keep_alive=int(cfg.server.get("timeout_keep_alive", 5)),
         loop="uvloop",
         http="httptools",
     )

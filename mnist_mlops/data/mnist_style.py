@@ -9,6 +9,7 @@ applies them here, once, to every uploaded or drawn image (the web UI sends its 
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,40 +18,89 @@ from mnist_mlops.data.constants import IMAGE_SIDE
 
 DIGIT_BOX = 20  # the digit's longer side after scaling, as in MNIST
 INK_FRACTION_OF_MAX = 0.1  # pixels below this share of the brightest count as background
-MAX_UPLOAD_SIDE = 4096  # refuse absurd images before decoding them into memory
+# Refuse absurd images from their header, before decoding anything: 16.7 megapixels (4096^2)
+# covers any phone photo; a 389 KB PNG can declare 20000x20000 (400 MP, 1.6 GB decoded).
+MAX_IMAGE_PIXELS = 4096 * 4096
+# Pictures are reduced (box average, in uint8) to at most this side before any float math:
+# the digit ends up 20x20 anyway, and a 4096^2 float32 RGBA copy alone would be 268 MB.
+WORK_SIDE = 1024
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # what the API accepts; no exotic decoders
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
 
 class ImageInputError(ValueError):
     """The image cannot be turned into a digit (undecodable, blank, absurd size)."""
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """A PNG/JPEG/... as float32 grey (H, W) in [0, 1] with ink bright (MNIST polarity).
+class ImageTooLargeError(ImageInputError):
+    """The image declares more pixels than allowed (refused before decoding)."""
 
-    Transparency is composited onto the opposite of the ink colour, and an image whose border
-    is mostly bright (dark ink on paper) is inverted, so both canvas conventions work.
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A PNG/JPEG/WebP/BMP/GIF as float32 grey (H, W) in [0, 1] with ink bright (MNIST polarity).
+
+    The size is checked from the header before decoding; JPEGs are decoded at a reduced scale
+    (libjpeg's DCT scaling) and everything is converted to 8-bit grey (+ alpha) before it is
+    reduced to at most ``WORK_SIDE`` a side, so memory stays bounded by the pixel limit. 16-bit
+    greyscale keeps its tones (scaled to 8 bits, not clipped). Transparency is composited onto
+    the opposite of the ink colour, and an image whose border is mostly bright (dark ink on
+    paper) is inverted, so both canvas conventions work.
     """
     if not data:
         raise ImageInputError("image is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if max(image.size) > MAX_UPLOAD_SIDE:
-                raise ImageInputError(
-                    f"image is {image.size[0]}x{image.size[1]}; the limit is {MAX_UPLOAD_SIDE}"
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image declares {width}x{height} = {width * height} pixels; the limit is "
+                    f"{max_pixels} pixels"
                 )
-            image.load()
-            rgba = image.convert("RGBA")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, ImageInputError):
-            raise
-        raise ImageInputError(f"could not decode image: {exc}") from exc
-    pixels = np.asarray(rgba, dtype=np.float32) / 255.0
-    grey = pixels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    alpha = pixels[..., 3]
-    if alpha.min() < 1.0:
+            grey, alpha = _uint8_planes(image)
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, far above our limit
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageTooLargeError(
+            f"image declares {declared.group(1) if declared else 'too many'} pixels; the "
+            f"limit is {max_pixels} pixels"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageInputError(
+            "could not decode image: not a PNG, JPEG, WebP, BMP or GIF file"
+        ) from None
+    except ImageInputError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        raise ImageInputError(f"could not decode image: {exc}") from None
+    grey = grey.astype(np.float32) / 255.0
+    if alpha is not None and alpha.min() < 255:
         # Transparent background: the strokes are wherever there is opacity.
-        return alpha * np.abs(grey - _background_level(grey, alpha))
+        opacity = alpha.astype(np.float32) / 255.0
+        return opacity * np.abs(grey - _background_level(grey, opacity))
     return 1.0 - grey if _border(grey).mean() > 0.5 else grey
+
+
+def _uint8_planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """8-bit grey and alpha (None when opaque) of ``image``, reduced to <= WORK_SIDE a side."""
+    if image.format == "JPEG":
+        image.draft("L", (WORK_SIDE, WORK_SIDE))  # decode at 1/2..1/8 scale when large
+    if image.mode in _SIXTEEN_BIT:
+        # convert("L") would clip every value above 255 (a binarised digit): scale instead.
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8))
+    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    if image.mode in ("P", "1"):  # palette entries -> colours (and tRNS -> alpha) first
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    factor = -(-max(image.size) // WORK_SIDE)
+    if factor > 1:  # reduce before converting: the conversion then touches 1/factor^2 of it
+        image = image.reduce(factor)
+    target = "LA" if has_alpha else "L"
+    if image.mode != target:
+        image = image.convert(target)
+    if image.mode == "LA":
+        planes = np.asarray(image)
+        return planes[..., 0], planes[..., 1]
+    return np.asarray(image), None
 
 
 def _background_level(grey: np.ndarray, alpha: np.ndarray) -> float:

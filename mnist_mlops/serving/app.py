@@ -3,7 +3,9 @@
 Hot path design: the single-image endpoint is ``async`` and only parses (pydantic-core, in
 Rust) and awaits the inference thread's future, so the event loop never runs the model;
 responses are serialised with orjson. Large batches are parsed, predicted and serialised on a
-worker thread. Bad input of every kind becomes a 4xx with a message (see ``inputs``).
+worker thread. Bad input of every kind becomes a 4xx with a message (see ``inputs``), and
+every error, whatever its route or source, is an RFC 9457 problem document (``problems``).
+Request bodies are limited per route and Content-Type while they stream in (``limits``).
 """
 
 from __future__ import annotations
@@ -17,21 +19,31 @@ from typing import Annotated
 import numpy as np
 import orjson
 from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline.core import _STATIC_PATH as OFFLINE_DOCS_DIR
 from starlette.concurrency import run_in_threadpool
 
 from mnist_mlops.serving import metrics
 from mnist_mlops.serving.engine import ModelNotReadyError, saliency
 from mnist_mlops.serving.inputs import (
     JSON_TYPES,
+    MULTIPART,
     OCTET_STREAM,
+    PNG_TYPES,
     InputError,
     media_type,
     parse_json_batch,
     parse_raw_batch,
     parse_single,
     read_body,
+)
+from mnist_mlops.serving.limits import BodyLimit, BodyLimitMiddleware, HeavySlots
+from mnist_mlops.serving.problems import (
+    HTTPProblem,
+    install_problem_handlers,
+    problem_response,
 )
 from mnist_mlops.serving.schemas import (
     BatchRequest,
@@ -41,6 +53,7 @@ from mnist_mlops.serving.schemas import (
     FeedbackResponse,
     Health,
     ModelInfo,
+    NotReady,
     PredictRequest,
     PredictResponse,
     Readiness,
@@ -53,14 +66,15 @@ _ERRORS = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "Malformed request",
-        413: "Body or batch too large",
+        408: "The body did not arrive within body_read_timeout_s (connection closed)",
+        413: "Body, picture or batch too large (the message names the limit)",
         415: "Unsupported Content-Type",
         422: "Invalid input (the message names the problem)",
-        503: "No model loaded yet",
+        503: "No model loaded yet, or busy decoding (Retry-After)",
     }.items()
 }
 # Both predict routes parse a body and need a model, so they share every error response.
-_PREDICT_ERRORS = {k: _ERRORS[k] for k in (400, 413, 415, 422, 503)}
+_PREDICT_ERRORS = {k: _ERRORS[k] for k in (400, 408, 413, 415, 422, 503)}
 _IMAGE_UPLOAD = {"schema": {"type": "string", "format": "binary"}}
 _PREDICT_BODY = {
     "requestBody": {
@@ -96,6 +110,8 @@ _BATCH_BODY = {
 
 
 def _json(payload: dict, status: int = 200) -> Response:
+    if status >= 400:  # errors always leave as problem documents
+        return problem_response(status, str(payload.get("detail", "")))
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
@@ -105,12 +121,43 @@ def _model_ref(prediction: Prediction) -> dict:
 
 
 def _readiness(service: PredictionService) -> Response:
-    """200 with the model when one is served, else 503 saying why (the last load error)."""
+    """200 with the model when one is served, else a 503 problem saying why (the last load
+    error, a short reason: the full exception is in the server log, never in the answer)."""
     model = service.model
     if model is None:
         detail = service.watcher.last_error or "no model found in the registry or runs"
-        return _json({"ready": False, "model": None, "detail": detail}, status=503)
+        headers = {"Retry-After": "5"}
+        return problem_response(503, detail, "/ready", headers, ready=False, model=None)
     return _json({"ready": True, "model": model.describe(), "detail": service.watcher.last_error})
+
+
+def _body_limits(settings: ServingSettings):
+    """The body limit of each (route, Content-Type): sized for what the body is for."""
+    ceiling = settings.max_body_bytes
+    raw = BodyLimit(ceiling)
+    image = BodyLimit(min(settings.max_image_bytes, ceiling))
+    as_raw = (
+        "send large batches as raw uint8 to /predict/batch "
+        "(Content-Type: application/octet-stream, n*784 bytes)"
+    )
+    json_single = BodyLimit(min(settings.max_json_bytes, ceiling), as_raw)
+    json_batch = BodyLimit(min(settings.max_batch_json_bytes, ceiling), as_raw)
+    other = BodyLimit(min(settings.max_other_body_bytes, ceiling))
+
+    def limit_for(method: str, path: str, media: str) -> BodyLimit:
+        if path == "/predict":
+            if media in JSON_TYPES:
+                return json_single
+            if media in PNG_TYPES or media == MULTIPART:
+                return image
+        elif path == "/predict/batch":
+            if media == OCTET_STREAM:
+                return raw
+            if media in JSON_TYPES:
+                return json_batch
+        return other
+
+    return limit_for
 
 
 class _LatencyMiddleware:
@@ -155,19 +202,41 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app = FastAPI(
         title="MNIST classifier",
         version="1.0",
-        description="Serves the registry's production model; see /docs.",
+        description="Serves the registry's production model; see /docs. Errors are RFC 9457 "
+        "problem documents (application/problem+json).",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files (the defaults load from a CDN)
+        redoc_url=None,
     )
     app.state.service = service
+    slots = HeavySlots(settings.max_concurrent_heavy, settings.heavy_wait_s)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.exception_handler(InputError)
-    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    app.mount("/static-docs", StaticFiles(directory=OFFLINE_DOCS_DIR), name="static-docs")
+    install_problem_handlers(app)
 
     @app.exception_handler(ModelNotReadyError)
-    async def _not_ready(_: Request, exc: ModelNotReadyError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+    async def _not_ready(request: Request, exc: ModelNotReadyError) -> Response:
+        return problem_response(503, str(exc), request.url.path, {"Retry-After": "5"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url="/static-docs/swagger-ui-bundle.js",
+            swagger_css_url="/static-docs/swagger-ui.css",
+            swagger_favicon_url="/static-docs/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url="/static-docs/redoc.standalone.js",
+            redoc_favicon_url="/static-docs/favicon.png",
+            with_google_fonts=False,
+        )
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -180,7 +249,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @app.get(
         "/ready",
         response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "No model loaded"}},
+        responses={503: {"model": NotReady, "description": "No model loaded (and why)"}},
         summary="Readiness: a model is loaded and serving",
     )
     async def ready() -> Response:
@@ -209,7 +278,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
             bool, Query(description="pictures only: apply MNIST's 20x20 fit + centring")
         ] = True,
     ) -> Response:
-        image = await parse_single(request, settings.max_body_bytes, preprocess)
+        image = await parse_single(request, preprocess, slots, settings.max_image_pixels)
         prediction = await service.predict(image)
         payload = {
             "id": prediction.ids[0],
@@ -252,8 +321,10 @@ def create_app(settings: ServingSettings) -> FastAPI:
             raise InputError(415, f"unsupported Content-Type {kind or '(none)'!r} for a batch")
         if service.model is None:
             raise ModelNotReadyError("no model is loaded yet")
-        body = await read_body(request, settings.max_body_bytes)
-        return Response(await run_in_threadpool(_batch, body, kind), media_type="application/json")
+        body = await read_body(request)
+        async with slots.slot("batches"):
+            answer = await run_in_threadpool(_batch, body, kind)
+        return Response(answer, media_type="application/json")
 
     @app.post(
         "/feedback",
@@ -278,12 +349,14 @@ def create_app(settings: ServingSettings) -> FastAPI:
     )
     def admin_reload(authorization: Annotated[str | None, Header()] = None) -> Response:
         if not settings.admin_token:
-            return _json({"detail": "admin endpoints are disabled (no admin token set)"}, 403)
+            raise HTTPProblem(403, "admin endpoints are disabled (no admin token set)")
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(
             token.encode(), settings.admin_token.encode()
         ):
-            return _json({"detail": "missing or wrong admin token"}, status=401)
+            raise HTTPProblem(
+                401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"}
+            )
         service.reload()
         return _readiness(service)
 
@@ -294,6 +367,14 @@ def create_app(settings: ServingSettings) -> FastAPI:
         return Response(body, media_type=content_type)
 
     routes = ["/predict", "/predict/batch", "/feedback", "/health", "/ready", "/model", "/metrics"]
+    # inner: limits on every body; outer: timing and 4xx/5xx counts include its answers
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=_body_limits(settings),
+        read_timeout_s=settings.body_read_timeout_s,
+        # one largest body always fits when the worker is otherwise idle
+        inflight_budget=max(settings.max_inflight_body_bytes, settings.max_body_bytes),
+    )
     app.add_middleware(_LatencyMiddleware, routes=routes)
     return app
 

@@ -12,7 +12,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from mnist_mlops.data.constants import IMAGE_SIDE, NUM_PIXELS
-from mnist_mlops.data.mnist_style import ImageInputError, decode_image, mnist_style
+from mnist_mlops.data.mnist_style import (
+    ImageInputError,
+    ImageTooLargeError,
+    decode_image,
+    mnist_style,
+)
+from mnist_mlops.serving.limits import HeavySlots
+from mnist_mlops.serving.problems import HTTPProblem, clean
 from mnist_mlops.serving.schemas import BatchRequest, PredictRequest
 
 JSON_TYPES = ("application/json",)
@@ -22,41 +29,26 @@ OCTET_STREAM = "application/octet-stream"
 SCALE_MAX = {"0-1": 1.0, "0-255": 255.0}
 
 
-class InputError(Exception):
+class InputError(HTTPProblem):
     """A client error: HTTP ``status`` with a message naming what is wrong."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+# JSON bodies up to this size are parsed on the event loop (a single image is ~3-20 kB and
+# parses in microseconds); bigger ones go to the threadpool under a heavy-work slot.
+INLINE_JSON_BYTES = 64 * 1024
 
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) anything over ``limit`` bytes before or while reading it."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InputError(400, f"invalid Content-Length header {declared!r}") from None
-        if size > limit:
-            raise InputError(413, f"request body of {size} bytes exceeds the {limit}-byte limit")
-        if size == 0:
-            raise InputError(422, "request body is empty")
-        return await request.body()
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise InputError(413, f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    if total == 0:
+async def read_body(request: Request) -> bytes:
+    """The whole body. Its size and read time are enforced while it streams in, for every
+    framing, by ``limits.BodyLimitMiddleware``; here only emptiness is a problem."""
+    body = await request.body()
+    if not body:
         raise InputError(422, "request body is empty")
-    return b"".join(chunks)
+    return body
 
 
 def _validate(model: type[BaseModel], body: bytes) -> BaseModel:
@@ -120,18 +112,21 @@ def parse_raw_batch(body: bytes, max_images: int) -> np.ndarray:
     return images.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
-def parse_image_upload(data: bytes, preprocess: bool) -> np.ndarray:
+def parse_image_upload(data: bytes, preprocess: bool, max_pixels: int) -> np.ndarray:
     """An uploaded picture of a digit as float32 (1, 28, 28) in [0, 1].
 
     ``preprocess`` applies MNIST's own normalisation (any size, any polarity); without it
-    the picture must already be a 28x28 MNIST-style digit.
+    the picture must already be a 28x28 MNIST-style digit. The pixel count is checked from
+    the header before decoding (413 above ``max_pixels``).
     """
     try:
-        ink = decode_image(data)
+        ink = decode_image(data, max_pixels)
         if preprocess:
             return (mnist_style(ink).astype(np.float32) / 255.0)[None]
+    except ImageTooLargeError as exc:
+        raise InputError(413, clean(str(exc))) from None
     except ImageInputError as exc:
-        raise InputError(422, str(exc)) from None
+        raise InputError(422, clean(str(exc))) from None
     if ink.shape != (IMAGE_SIDE, IMAGE_SIDE):
         raise InputError(
             422, f"image is {ink.shape[1]}x{ink.shape[0]}; with preprocess=false it must be 28x28"
@@ -139,28 +134,50 @@ def parse_image_upload(data: bytes, preprocess: bool) -> np.ndarray:
     return ink[None].astype(np.float32)
 
 
-async def parse_single(request: Request, limit: int, preprocess: bool) -> np.ndarray:
-    """One image from a JSON body, a raw image body, or a multipart ``file`` upload."""
+async def parse_single(
+    request: Request, preprocess: bool, slots: HeavySlots, max_pixels: int
+) -> np.ndarray:
+    """One image from a JSON body, a raw image body, or a multipart ``file`` upload.
+
+    Decoding a picture and parsing a big JSON body run in the threadpool, at most
+    ``slots.capacity`` at a time per worker, so they can neither block the event loop (the
+    health check keeps answering) nor pile up. The slot is taken after the body is read, so
+    a slow sender cannot hold one (bodies in memory are bounded by the middleware).
+    """
     kind = media_type(request)
     if kind in JSON_TYPES:
-        return parse_json_single(await read_body(request, limit))
+        body = await read_body(request)
+        if len(body) <= INLINE_JSON_BYTES:
+            return parse_json_single(body)
+        async with slots.slot("large JSON parses"):
+            return await run_in_threadpool(parse_json_single, body)
     if kind in PNG_TYPES:
-        body = await read_body(request, limit)
-        return await run_in_threadpool(parse_image_upload, body, preprocess)
+        body = await read_body(request)
+        async with slots.slot("image decodes"):
+            return await run_in_threadpool(parse_image_upload, body, preprocess, max_pixels)
     if kind == MULTIPART:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise InputError(413, f"request body exceeds the {limit}-byte limit")
-        try:
-            form = await request.form(max_files=1, max_fields=4)
-        except Exception as exc:  # malformed multipart of any kind is the client's problem
-            raise InputError(400, f"malformed multipart body: {exc}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise InputError(422, "multipart body needs a 'file' part holding the image")
-        return await run_in_threadpool(parse_image_upload, await upload.read(), preprocess)
+        data = await _multipart_file(request)
+        async with slots.slot("image decodes"):
+            return await run_in_threadpool(parse_image_upload, data, preprocess, max_pixels)
     raise InputError(
         415,
         f"unsupported Content-Type {kind or '(none)'!r}: send application/json, image/png "
         "or multipart/form-data with a 'file' part",
     )
+
+
+async def _multipart_file(request: Request) -> bytes:
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except HTTPProblem:
+        raise
+    except Exception as exc:  # malformed multipart of any kind is the client's problem
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+        raise InputError(400, f"malformed multipart body: {clean(str(detail))}") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InputError(422, "multipart body needs a 'file' part holding the image")
+        return await upload.read()
+    finally:
+        await form.close()

@@ -79,9 +79,18 @@ class ModelResolver:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         configure_http_timeouts(settings)
-        self.client = MlflowClient(
-            tracking_uri=settings.tracking_uri, registry_uri=settings.effective_registry_uri
-        )
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """Created on first use, and again after a failure: MlflowClient opens the store, and
+        a corrupt sqlite file must leave the app live and not ready, retrying, not crash it."""
+        if self._client is None:
+            self._client = MlflowClient(
+                tracking_uri=self.settings.tracking_uri,
+                registry_uri=self.settings.effective_registry_uri,
+            )
+        return self._client
 
     def alias_target(self) -> tuple[str, str]:
         """(version, run_id) the alias points to; raises when unreachable or missing."""
@@ -196,6 +205,21 @@ def warm_up(module: torch.nn.Module, dtype: torch.dtype, device: torch.device) -
             module(_as_input(torch.zeros(size, 28, 28), dtype, device))
 
 
+def short_reason(exc: BaseException) -> str:
+    """One line for /ready: what failed, without SQL text, URLs or object reprs (the full
+    exception goes to the server log)."""
+    message = str(getattr(exc, "message", "") or exc)
+    first = " ".join(message.splitlines()[:1]).strip()
+    if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" and "[SQL" not in first:
+        return first[:160]  # e.g. "Registered model alias production not found."
+    if "API request to" in message or isinstance(exc, ConnectionError | TimeoutError):
+        return "the tracking server did not answer"
+    lowered = message.lower()
+    if "sql" in lowered or "database" in lowered or "no such table" in lowered:
+        return "the tracking store could not be read (details in the server log)"
+    return f"{type(exc).__name__} (details in the server log)"
+
+
 class ModelWatcher:
     """Holds the current model; loads, falls back, polls the alias and hot-swaps."""
 
@@ -216,19 +240,21 @@ class ModelWatcher:
             try:
                 version, run_id = self.resolver.alias_target()
             except Exception as exc:
-                self.last_error = f"registry alias unavailable: {exc}"
+                reason = f"registry alias unavailable: {short_reason(exc)}"
                 if current is None:
                     model, why = self.resolver.load_fallback()
                     self._swap(model)
-                    self.last_error = f"{self.last_error}; {why}"
+                    reason = f"{reason}; {why}"
+                self._note_error(reason, exc)
                 return self.current
             if current is not None and current.version == version:
+                self.last_error = None  # the alias resolves again: the old error is stale
                 return current
             try:
                 self._swap(self.resolver.load_registered(version, run_id))
                 self.last_error = None
             except Exception as exc:  # keep serving what we have; report it on /ready
-                self.last_error = f"could not load version {version}: {exc}"
+                self.last_error = f"could not load version {version}: {short_reason(exc)}"
                 _log.exception(
                     "loading %s version %s failed", self.resolver.settings.model_name, version
                 )
@@ -237,6 +263,11 @@ class ModelWatcher:
                     self._swap(model)
                     self.last_error = f"{self.last_error}; {why}"
             return self.current
+
+    def _note_error(self, reason: str, exc: Exception) -> None:
+        if reason != self.last_error:  # the full exception once per new reason, in the log
+            _log.warning("%s", reason, exc_info=exc)
+        self.last_error = reason
 
     def _swap(self, model: LoadedModel | None) -> None:
         if model is None:

@@ -35,7 +35,24 @@ class ServingSettings(BaseModel):
     prediction_log_max_total_bytes: int = Field(default=512 * 1024**2, gt=0)
     prediction_log_max_feedback_bytes: int = Field(default=32 * 1024**2, gt=0)
     prediction_log_flush_interval_s: float = Field(default=0.5, gt=0)
-    max_body_bytes: int = Field(default=64 * 1024**2, gt=0)
+    # Request bodies (enforced while streaming, for every framing: see limits.py). The limit
+    # depends on route and Content-Type; max_body_bytes is also the ceiling for all of them.
+    max_body_bytes: int = Field(default=64 * 1024**2, gt=0)  # raw uint8 batches
+    max_image_bytes: int = Field(default=16 * 1024**2, gt=0)  # a picture, raw or multipart
+    max_json_bytes: int = Field(default=1024**2, gt=0)  # /predict JSON (one image: ~3-20 kB)
+    # JSON batches: parsing holds the GIL ~25 ms per MiB, so big batches go as raw uint8
+    max_batch_json_bytes: int = Field(default=8 * 1024**2, gt=0)
+    max_other_body_bytes: int = Field(default=16 * 1024, gt=0)  # /feedback, /admin, the rest
+    # all bodies held at once by one worker (past it: 503 + Retry-After); >= max_body_bytes
+    max_inflight_body_bytes: int = Field(default=256 * 1024**2, gt=0)
+    # the whole body must arrive within this time (else 408 and the connection is closed)
+    body_read_timeout_s: float = Field(default=15.0, gt=0)
+    # a picture's header may declare at most this many pixels (checked before decoding)
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0)
+    # picture decodes / large JSON parses / batches at once per worker; past that a request
+    # waits up to heavy_wait_s for a slot, then gets 503 with Retry-After
+    max_concurrent_heavy: int = Field(default=2, gt=0)
+    heavy_wait_s: float = Field(default=2.0, ge=0)
     max_batch_images: int = Field(default=50_000, gt=0)
     # concurrent single requests are coalesced into model calls of at most this many images
     micro_batch_max: int = Field(default=256, gt=0)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import select
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -83,3 +87,74 @@ def wait_until(predicate, timeout: float = 20, interval: float = 0.05) -> bool:
 def get_json(url: str) -> tuple[int, dict]:
     response = httpx.get(url, timeout=10)
     return response.status_code, response.json()
+
+
+@dataclasses.dataclass
+class RawAnswer:
+    """What a raw HTTP exchange produced: the answer, and how much of the body got out."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    sent: int  # body bytes the server let us send before it answered or closed
+    seconds: float
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def raw_exchange(
+    url: str, head: str, chunks: Iterable[bytes], pause_s: float = 0.0, timeout: float = 20
+) -> RawAnswer:
+    """Send ``head`` then ``chunks`` over a plain socket, stopping as soon as the server
+    answers or closes; return its answer. Unlike an HTTP client, this shows what the server
+    does mid-body (answer early, stop reading) instead of hiding it behind a write error."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode("latin-1"))
+        for chunk in chunks:
+            if select.select([sock], [], [], pause_s)[0]:
+                break  # the server has answered (or closed) already
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break
+            sent += len(chunk)
+        received = b""
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += data
+                if _complete(received):
+                    break
+        except (ConnectionResetError, TimeoutError):
+            pass
+    seconds = time.monotonic() - started
+    if not received:
+        return RawAnswer(None, {}, b"", sent, seconds)
+    head_bytes, _, body = received.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return RawAnswer(int(lines[0].split()[1]), headers, body, sent, seconds)
+
+
+def _complete(received: bytes) -> bool:
+    head, sep, body = received.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def chunked(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """``Transfer-Encoding: chunked`` framing of ``pieces`` (with the final zero chunk)."""
+    for piece in pieces:
+        yield f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    yield b"0\r\n\r\n"
