@@ -241,3 +241,23 @@ def test_bfloat16_serving_agrees_with_float32(production_store, tmp_path, digits
     agree = np.mean(np.array(body["predicted"]) == expected_probs.argmax(axis=1))
     assert agree >= 0.95, (precision, agree)
     np.testing.assert_allclose(body["probabilities"], expected_probs, atol=0.05)
+
+
+def test_api_docs_are_served_from_local_files(api):
+    """/docs and /redoc must work without internet: every asset comes from this server."""
+    for page, assets in (
+        ("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")),
+        ("/redoc", ("redoc.standalone.js",)),
+    ):
+        html = api.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assert "http://" not in html.text and "https://" not in html.text, page
+        for asset in assets:
+            url = f"/static-docs/{asset}"
+            assert url in html.text
+            served = api.get(url)
+            assert served.status_code == 200 and len(served.content) > 100_000, url
+    schema = api.get("/openapi.json").json()
+    assert schema["openapi"].startswith("3.1")  # the bundled Swagger UI 5 renders 3.1
+    errors = schema["paths"]["/predict"]["post"]["responses"]["413"]["content"]
+    assert list(errors) == ["application/problem+json"]

@@ -75,3 +75,39 @@ def test_draw_predict_and_give_feedback(production_store, tmp_path):
     window = read_prediction_log(log_dir)
     assert len(window) == 1 and window.labels[0] == 7  # the drawing and its label were logged
     assert window.images[0].max() == 255 and window.images[0][0].max() == 0  # MNIST-style input
+
+
+def test_api_docs_render_offline_in_a_real_browser(production_store, tmp_path):
+    """Swagger UI renders every operation with all requests kept on the server itself (any
+    other host is refused, as on a machine without internet)."""
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with (
+        live_server(make_settings(production_store, tmp_path / "log")) as url,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            outside: list[str] = []
+
+            def keep_local(route) -> None:
+                if route.request.url.startswith(url):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", keep_local)
+            page.goto(url + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=20_000)
+            paths = page.eval_on_selector_all(
+                ".opblock-summary-path", "els => els.map(e => e.textContent.trim())"
+            )
+            assert {"/predict", "/predict/batch", "/feedback", "/ready"} <= set(paths)
+            assert outside == []
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "api-docs.png"))
+        finally:
+            browser.close()
