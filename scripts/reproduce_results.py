@@ -5,13 +5,19 @@
     python scripts/reproduce_results.py --only best           # experiment=best, then distilled
     python scripts/reproduce_results.py --build-only --results-id 20261127-0500
     python scripts/reproduce_results.py --override trainer.epochs=1 --override ...  # smoke run
+    python scripts/reproduce_results.py --snapshot docs/results_rows.json  # re-render saved rows
 
 1. One multirun: all eight iterations under ``experiment=report`` (the original regime).
 2. One multirun: ``gap_v8`` under ``experiment=best`` with seeds 1, 2, 3.
 3. One multirun: ``gap_v8`` under ``experiment=best_distilled`` with seeds 1, 2, 3, each
    distilled from the ensemble of the three models of step 2.
 4. The table, built only from the MLflow runs tagged with this reproduction's ``results_id``
-   (params, best val acc, test acc/loss on the best-val weights, epoch time, hardware).
+   (params, the selected model's re-validated val acc, test acc/loss on the same weights, epoch
+   time, hardware), with the uncertainty the numbers carry: seed mean, SD and 95% t-interval over
+   seeds, the binomial standard error of one test accuracy, and a Welch t-test between the two
+   ``best*`` groups. Statements against a target are worded from the interval, never from the
+   mean alone. The rows are also saved as JSON (``--save-rows``) so a page can be re-rendered
+   (``--snapshot``) without the MLflow store.
 
 Nothing in the table is typed in by hand except the original report's reference column.
 """
@@ -19,15 +25,19 @@ Nothing in the table is typed in by hand except the original report's reference 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
+from scipy import stats
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS = [
@@ -41,6 +51,9 @@ MODELS = [
     "gap_v8",
 ]
 BEST_SEEDS = [1, 2, 3]
+# the goal for gap_v8-sized models (<= 14k params): mean test accuracy over 3 seeds, 15 epochs
+TARGET = 0.9955
+CONFIDENCE = 0.95
 # The original report (docs: model-iterations.md): final-epoch test accuracy %, test loss.
 ORIGINAL = {
     "lenet_v1": (99.23, 0.0298),
@@ -120,6 +133,21 @@ def collect(
     return [r for r in runs if r.info.status in wanted]
 
 
+def test_split_size(overrides: list[str]) -> int | None:
+    """Rows of the test split the runs were scored on (the manifest preprocessing wrote)."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_mlops.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    manifest = Path(str(cfg.data.processed_dir)) / "manifest.json"
+    try:
+        return int(json.loads(manifest.read_text())["splits"]["test"]["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def summarise(client: MlflowClient, run: Any) -> dict[str, Any]:
     metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
     epoch_times = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
@@ -130,6 +158,7 @@ def summarise(client: MlflowClient, run: Any) -> dict[str, Any]:
         "params": int(params["model/params_total"]),
         "epochs": len(epoch_times),
         "val_acc_best": metrics.get("val/acc_best"),
+        "val_acc_selected": metrics.get("val/acc_selected"),
         "test_acc": metrics.get("test/acc"),
         "test_loss": metrics.get("test/loss"),
         "final_val_acc": metrics.get("val/acc"),
@@ -156,32 +185,172 @@ def run_cell(row: dict[str, Any]) -> str:
     return f"`{row['run_id'][:8]}`{suffix}"
 
 
-def best_table(best: list[dict[str, Any]]) -> list[str]:
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean over seeds with its SD and two-sided t-interval (``CONFIDENCE``)."""
+
+    n: int
+    mean: float
+    sd: float | None
+    low: float | None
+    high: float | None
+
+
+def seed_summary(values: list[float], confidence: float = CONFIDENCE) -> SeedSummary | None:
+    """Student-t interval for the mean of per-seed accuracies (None without values)."""
+    if not values:
+        return None
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return SeedSummary(len(values), mean, None, None, None)
+    sd = statistics.stdev(values)
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    return SeedSummary(len(values), mean, sd, mean - half, mean + half)
+
+
+def binomial_se(accuracy: float, n_images: int) -> float:
+    """Standard error of one accuracy measured on ``n_images`` independent images."""
+    return math.sqrt(accuracy * (1 - accuracy) / n_images)
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch t-test p-value between two groups of seeds (None if too few)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def target_wording(summary: SeedSummary, target: float) -> str:
+    """What the interval (not the mean) lets us say about ``target``."""
+    if summary.low is None or summary.high is None:
+        return f"one seed only: no interval, so nothing can be said about the {pct(target)}% target"
+    interval = f"[{pct(summary.low)}, {pct(summary.high)}]"
+    if summary.low > target:
+        return f"the {pct(target)}% target lies below the whole interval {interval}: met"
+    if summary.high < target:
+        return f"the {pct(target)}% target lies above the whole interval {interval}: not met"
+    return (
+        f"the interval {interval} contains the {pct(target)}% target: these runs can say "
+        "neither that it is met nor that it is missed"
+    )
+
+
+def summary_line(summary: SeedSummary, n_test: int | None) -> str:
+    """``Mean test accuracy over 3 seeds: 99.54% (SD 0.08; 95% t-interval 99.34-99.74) ...``"""
+    text = f"Mean test accuracy over {summary.n} seed(s): **{pct(summary.mean)}%**"
+    if summary.sd is not None:
+        text += (
+            f" (SD {100 * summary.sd:.2f} points; {int(100 * CONFIDENCE)}% t-interval over "
+            f"seeds {pct(summary.low)}-{pct(summary.high)})"
+        )
+    if n_test:
+        text += (
+            f"; binomial standard error of one test accuracy on {n_test:,} images: "
+            f"{100 * binomial_se(summary.mean, n_test):.3f} points"
+        )
+    return text + "."
+
+
+def best_table(best: list[dict[str, Any]], n_test: int | None = None) -> list[str]:
     """Per-seed rows of one ``experiment=best*`` group and its mean test accuracy."""
     lines = [
-        "| seed | params | epochs | best val acc % | test acc % | test loss | s/epoch | run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | params | epochs | best-epoch val acc % | selected val acc % | test acc % | "
+        "test loss | s/epoch | run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(best, key=lambda r: str(r["seed"])):
         lines.append(
             f"| {row['seed']} | {row['params']:,} | {row['epochs']} | {pct(row['val_acc_best'])} | "
-            f"{pct(row['test_acc'])} | {num(row['test_loss'])} | {row['epoch_time_s']:.1f} | "
-            f"{run_cell(row)} |"
+            f"{pct(row.get('val_acc_selected'))} | {pct(row['test_acc'])} | "
+            f"{num(row['test_loss'])} | {row['epoch_time_s']:.1f} | {run_cell(row)} |"
         )
     if not best:
-        lines.append("| - | (no finished runs) | | | | | | |")
-    accs = [r["test_acc"] for r in best if r["test_acc"] is not None]
-    if accs:
-        spread = f" ± {100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        lines += [
-            "",
-            f"Mean test accuracy over {len(accs)} seed(s): "
-            f"**{100 * statistics.mean(accs):.2f}%**{spread}.",
-        ]
+        lines.append("| - | (no finished runs) | | | | | | | |")
+    summary = seed_summary([r["test_acc"] for r in best if r["test_acc"] is not None])
+    if summary is not None:
+        lines += ["", summary_line(summary, n_test)]
     return lines
 
 
-def render(rows: list[dict[str, Any]], results_id: str, notes: list[str] = ()) -> str:
+def evidence_lines(
+    rows: list[dict[str, Any]], n_test: int | None, target: float = TARGET
+) -> list[str]:
+    """The claims the numbers support, each with its uncertainty."""
+    groups = {
+        name: [r["test_acc"] for r in rows if r["experiment"] == name and r["test_acc"] is not None]
+        for name in ("best", "best_distilled")
+    }
+    lines = ["## What the numbers support", ""]
+    best = seed_summary(groups["best"])
+    if best is not None:
+        lines.append(f"- `experiment=best` vs the target: {target_wording(best, target)}.")
+    p_value = welch_p(groups["best"], groups["best_distilled"])
+    if p_value is not None:
+        diff = statistics.mean(groups["best_distilled"]) - statistics.mean(groups["best"])
+        verdict = (
+            "no evidence of a difference at this number of seeds"
+            if p_value > 1 - CONFIDENCE
+            else "a difference beyond seed noise"
+        )
+        lines.append(
+            f"- `best_distilled` minus `best`: {100 * diff:+.3f} points, Welch t-test "
+            f"p = {p_value:.2f} over {len(groups['best'])} and {len(groups['best_distilled'])} "
+            f"seeds: {verdict}."
+        )
+    if n_test:
+        lines.append(
+            f"- A single test accuracy near 99.5% on {n_test:,} images has a binomial standard "
+            f"error of {100 * binomial_se(0.995, n_test):.3f} points, so differences of a few "
+            "hundredths of a point between single runs are noise."
+        )
+    if len(lines) == 2:
+        lines.append("- (no finished `experiment=best*` runs)")
+    return lines
+
+
+def report_caveat(report: list[dict[str, Any]], n_test: int | None) -> list[str]:
+    """How far apart two single-seed rows must be before the table says anything."""
+    accs = [r["test_acc"] for r in report if r["test_acc"] is not None]
+    if not accs or not n_test:
+        return []
+    typical = statistics.median(accs)
+    se_diff = math.sqrt(2) * binomial_se(typical, n_test)
+    return [
+        f"One seed each. Two test accuracies near {pct(typical)}% on {n_test:,} images differ by "
+        f"a binomial standard error of {100 * se_diff:.2f} points, before any seed-to-seed "
+        f"spread: differences under about {200 * se_diff:.1f} points between rows are not "
+        "evidence that one design is better.",
+        "",
+    ]
+
+
+PROTOCOL = [
+    "## Evaluation protocol (from this version on)",
+    "",
+    "Four splits with one job each (`python -m mnist_mlops.preprocess`): `train`; `val` "
+    "(5,000 stratified images of the 60k) for epoch selection and recipe decisions; `gate` "
+    "(another 5,000) read only by the registry's promotion test; `test` (the official 10k) "
+    "read only by this report. What counts as best is `conf/selection/` (epoch selection, "
+    "registry ranking, sweeps); after BatchNorm recalibration the kept model is re-validated "
+    "(`val/acc_selected`), and that is the validation score in the tables.",
+    "",
+    "How the recipe was developed: the eight iterations follow the original report. The "
+    "`experiment=best` recipe was developed by hand with runs on a 2-core CPU; one of its "
+    "choices, precise "
+    "BatchNorm (`trainer.recalibrate_bn`), was adopted because it raised *test* accuracy by "
+    "+0.037 points, about half the binomial standard error of one test accuracy: a recipe "
+    "decision made on test feedback, so the `best*` test numbers below carry a small optimistic "
+    "bias. From now on recipe choices are made on `val` only.",
+]
+
+
+def render(
+    rows: list[dict[str, Any]],
+    results_id: str,
+    notes: list[str] = (),
+    n_test: int | None = None,
+    banner: list[str] = (),
+) -> str:
     report = sorted(
         (r for r in rows if r["experiment"] == "report"),
         key=lambda r: MODELS.index(r["model"]) if r["model"] in MODELS else 99,
@@ -190,21 +359,29 @@ def render(rows: list[dict[str, Any]], results_id: str, notes: list[str] = ()) -
     lines = [
         "# Results",
         "",
+        *(line for paragraph in banner for line in (paragraph, "")),
         f"Generated by `scripts/reproduce_results.py` from the MLflow runs tagged "
         f"`results_id={results_id}` (plus any runs named with `--run-id`). Test accuracy and "
         "loss are measured once per run, on the weights of the epoch selected on the validation "
-        "split (`trainer.monitor`: highest `val/acc` under `experiment=report`, lowest `val/loss` "
-        "under `experiment=best*`); model selection never sees the test split. The original "
-        "report's column is its final-epoch test accuracy (no validation split, no seed).",
+        "split by `conf/selection/` (highest `val/acc` under `experiment=report`, lowest "
+        "`val/loss` under `experiment=best*`) and, for `best*`, BatchNorm-recalibrated. "
+        "*Best-epoch val acc* is that epoch's score before recalibration; *selected val acc* is "
+        "the logged model's re-validated score (`val/acc_selected`). The original report's "
+        "column is its final-epoch test accuracy (no validation split, no seed).",
         "",
         "Hardware: " + "; ".join(hardware) if hardware else "Hardware: -",
         "",
         *(line for note in notes for line in (note, "")),
+        *(line for line in PROTOCOL),
+        "",
+        *evidence_lines(rows, n_test),
+        "",
         "## The eight iterations, `experiment=report`",
         "",
-        "| # | model | params | epochs | best val acc % | test acc % | test loss | "
-        "best epoch | s/epoch | original test acc % / loss | run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *report_caveat(report, n_test),
+        "| # | model | params | epochs | best-epoch val acc % | selected val acc % | test acc % | "
+        "test loss | best epoch | s/epoch | original test acc % / loss | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report:
         original = ORIGINAL.get(row["model"])
@@ -212,11 +389,12 @@ def render(rows: list[dict[str, Any]], results_id: str, notes: list[str] = ()) -
         number = MODELS.index(row["model"]) + 1 if row["model"] in MODELS else "-"
         lines.append(
             f"| {number} | {row['model']} | {row['params']:,} | {row['epochs']} | "
-            f"{pct(row['val_acc_best'])} | {pct(row['test_acc'])} | {num(row['test_loss'])} | "
+            f"{pct(row['val_acc_best'])} | {pct(row.get('val_acc_selected'))} | "
+            f"{pct(row['test_acc'])} | {num(row['test_loss'])} | "
             f"{row['best_epoch']} | {row['epoch_time_s']:.1f} | {ref} | {run_cell(row)} |"
         )
     if not report:
-        lines.append("| - | (no finished runs) | | | | | | | | | |")
+        lines.append("| - | (no finished runs) | | | | | | | | | | |")
     for experiment, title in (
         ("best", "## Final design, `experiment=best`, per seed"),
         (
@@ -225,7 +403,8 @@ def render(rows: list[dict[str, Any]], results_id: str, notes: list[str] = ()) -
             "`experiment=best_distilled`, per seed",
         ),
     ):
-        lines += ["", title, "", *best_table([r for r in rows if r["experiment"] == experiment])]
+        group = [r for r in rows if r["experiment"] == experiment]
+        lines += ["", title, "", *best_table(group, n_test)]
     lines += [
         "",
         "Recipes: `conf/experiment/best.yaml` (SGD Nesterov, one-cycle peak 0.05, weight decay "
@@ -271,6 +450,18 @@ def main() -> None:
         help="a paragraph printed under the hardware line (e.g. how loaded the machine was)",
     )
     parser.add_argument(
+        "--snapshot",
+        type=Path,
+        default=None,
+        help="render from rows saved by --save-rows (no training, no MLflow store needed)",
+    )
+    parser.add_argument(
+        "--save-rows",
+        type=Path,
+        default=None,
+        help="also save the rows (and the test split size) as JSON, for --snapshot",
+    )
+    parser.add_argument(
         "--sweep-root",
         type=Path,
         default=PROJECT_ROOT / "outputs" / "results",
@@ -278,6 +469,19 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    if args.snapshot is not None:
+        snapshot = json.loads(args.snapshot.read_text())
+        args.output.write_text(
+            render(
+                snapshot["rows"],
+                snapshot["results_id"],
+                [*snapshot.get("notes", []), *args.note],
+                snapshot.get("test_size"),
+                snapshot.get("banner", []),
+            )
+        )
+        print(f"wrote {args.output} from {len(snapshot['rows'])} saved row(s) in {args.snapshot}")
+        return
     if not args.build_only and args.only in (None, "report"):
         multirun(
             ["experiment=report", f"model={','.join(MODELS)}"],
@@ -302,8 +506,12 @@ def main() -> None:
         )
     runs = collect(client, args.results_id, args.run_id, args.include_unfinished)
     rows = [summarise(client, run) for run in runs]
+    n_test = test_split_size(args.override)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(rows, args.results_id, args.note))
+    args.output.write_text(render(rows, args.results_id, args.note, n_test))
+    if args.save_rows is not None:
+        saved = {"results_id": args.results_id, "test_size": n_test, "notes": args.note}
+        args.save_rows.write_text(json.dumps({**saved, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.output} from {len(rows)} run(s)")
 
 
