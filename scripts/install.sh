@@ -20,7 +20,7 @@ fi
 VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+"$VENV/bin/python" -m pip install --quiet -e '.[pipeline,dev]'
 for extra in scripts/install.d/*.sh; do
   [ -e "$extra" ] && VENV="$VENV" bash "$extra"
 done

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 
@@ -33,4 +34,13 @@ def ensure_experiment(registry_cfg: Any, name: str | None = None) -> str:
     if location:
         Path(location).mkdir(parents=True, exist_ok=True)
         location = Path(location).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        # two runs starting at once on a fresh tracking server: the other one created it first
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
