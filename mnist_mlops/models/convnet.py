@@ -13,10 +13,20 @@ is a mapping with exactly one *kind* key and optional modifiers::
 ``ops`` run in the order given (that order is part of each iteration's specification).
 ``bias`` defaults to the network-wide ``bias``; ``dropout`` ops use the network-wide ``dropout``
 probability so sweeps can tune one number. The output is flattened to (N, 10) log-probabilities.
+
+The inference contract is declared, not discovered: the *head* is the last spec that has
+weights (``conv`` or ``linear``) together with the parameter-free specs after it (pooling,
+flatten); everything before it is the *body*. ``features(x)`` is the body's output flattened
+to (N, D) (the penultimate representation drift monitoring compares), ``classify(features)``
+runs the head on it, and ``forward(x) == classify(features(x))``. This holds for a GAP
+network that ends in a 1x1 conv (gap_v8: D = 16) exactly as for one with a Linear classifier
+(lenet_v1: D = 512).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,12 +37,18 @@ from torch.nn import functional as F
 from mnist_mlops.data.constants import IMAGE_SIDE, NUM_CLASSES
 
 LAYER_KINDS = ("conv", "maxpool", "avgpool", "flatten", "linear")
+WEIGHTED_KINDS = ("conv", "linear")
 OPS = ("relu", "bn", "dropout")
 _MODIFIERS = {"conv": {"k", "pad", "ops", "bias"}, "linear": {"ops", "bias"}}
 
 
 class ConvNet(nn.Module):
-    """A plain feed-forward stack built from layer specs; ``forward`` returns log-probabilities."""
+    """A plain feed-forward stack built from layer specs; ``forward`` returns log-probabilities.
+
+    ``layers`` holds every module in spec order (so state-dict keys stay ``layers.<i>.*``);
+    ``head_start`` is the index in ``layers`` where the head begins and ``feature_shape`` the
+    per-image shape of the body's output (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -47,18 +63,87 @@ class ConvNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.num_classes = num_classes
+        self.in_channels = in_channels
         modules: list[nn.Module] = []
         channels = in_channels
+        head_start: int | None = None
         for index, spec in enumerate(layers):
             if "flatten" in spec:  # the next linear layer's input is the flattened feature map
                 channels = _feature_size(modules, in_channels)
             built, channels = _build_layer(index, dict(spec), channels, self.dropout, bias)
+            if any(kind in spec for kind in WEIGHTED_KINDS):
+                head_start = len(modules)
             modules.extend(built)
+        if head_start is None:
+            raise ValueError(
+                "layer specs have no conv or linear layer, so there is no classifier head: "
+                f"got {[dict(spec) for spec in layers]}"
+            )
         self.layers = nn.Sequential(*modules)
+        self.head_start: int = head_start
         self._check_output_shape(in_channels)
+        self.feature_shape: tuple[int, ...] = self._body_output_shape()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.layers(x).flatten(1), dim=1)
+        return self._log_probs(self._run(x, 0, self._head_index()))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate representation (N, D): the head's input, flattened."""
+        return self._run(x, 0, self._head_index()).flatten(1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (N, 10) from ``features(x)``: the head alone."""
+        return self._log_probs(features.reshape(-1, *self._feature_shape()))
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the width of ``features``."""
+        return math.prod(self._feature_shape())
+
+    def _log_probs(self, body_out: torch.Tensor) -> torch.Tensor:
+        head = self._run(body_out, self._head_index(), len(self.layers))
+        return F.log_softmax(head.flatten(1), dim=1)
+
+    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for layer in itertools.islice(self.layers, start, stop):  # no Sequential per call
+            x = layer(x)
+        return x
+
+    def _head_index(self) -> int:
+        # Networks pickled before the contract existed carry no ``head_start``; their split is
+        # recovered once from the weights: the head begins at the last module holding a weight
+        # matrix or kernel (conv/linear; BatchNorm's weights are vectors).
+        start = self.__dict__.get("head_start")
+        if start is None:
+            weighted = [
+                i
+                for i, layer in enumerate(self.layers)
+                if getattr(layer, "weight", None) is not None and layer.weight.dim() >= 2
+            ]
+            if not weighted:
+                raise ValueError("this ConvNet has no conv or linear layer to act as its head")
+            start = self.head_start = weighted[-1]
+        return start
+
+    def _feature_shape(self) -> tuple[int, ...]:
+        shape = self.__dict__.get("feature_shape")
+        if shape is None:  # pickled before the contract existed
+            shape = self.feature_shape = self._body_output_shape()
+        return shape
+
+    def _body_output_shape(self) -> tuple[int, ...]:
+        was_training = self.training
+        param = next(self.parameters())
+        side = IMAGE_SIDE
+        channels = self.__dict__.get("in_channels", 1)
+        self.eval()
+        try:
+            with torch.no_grad():
+                x = torch.zeros(1, channels, side, side, dtype=param.dtype, device=param.device)
+                out = self._run(x, 0, self._head_index())
+        finally:
+            self.train(was_training)
+        return tuple(int(d) for d in out.shape[1:])
 
     def _check_output_shape(self, in_channels: int) -> None:
         """Fail at construction, naming the shape, when the specs do not end in ``num_classes``."""

@@ -127,11 +127,11 @@ def load_model_reference(cfg: DictConfig, client: Any) -> tuple[Any, ModelRefere
     from mlflow.exceptions import MlflowException
 
     from mnist_mlops.data.splits import load_split
-    from mnist_mlops.monitoring.model_probe import load_registered_model
+    from mnist_mlops.monitoring.model_probe import ModelContractError, load_registered_model
 
     try:
         probe = load_registered_model(str(cfg.model.uri), client)
-    except MlflowException as exc:
+    except (MlflowException, ModelContractError) as exc:
         if cfg.model.required:
             raise
         log.warning("model-based detectors skipped: cannot load %s (%s)", cfg.model.uri, exc)

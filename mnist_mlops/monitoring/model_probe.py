@@ -1,8 +1,10 @@
 """Running the production model for the label-free detectors: probabilities and embeddings.
 
-The embedding is the input of the network's last ``nn.Linear`` (its penultimate layer),
-captured with a forward hook, so any architecture that ends in a linear classifier works
-without the model exposing anything beyond the ``InferenceModel`` contract.
+Both come from the logged model's declared interface, ``embed_and_predict`` (see
+:mod:`mnist_mlops.models.inference`): the network itself says which representation is its
+penultimate one, so a GAP network ending in a 1x1 conv works like one with a Linear head.
+A model that does not declare the interface (e.g. one logged in MLflow's ``pt2`` format,
+which loads as a bare graph) is rejected with a message naming what it is.
 """
 
 from __future__ import annotations
@@ -20,52 +22,8 @@ from mnist_mlops.data.features import as_unit_float
 log = logging.getLogger(__name__)
 
 
-def last_linear(model: nn.Module) -> nn.Linear | None:
-    """The final ``nn.Linear`` in registration order (the classifier head), if modules exist."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
-
-
-# aten ops a linear layer becomes in an exported (pt2) graph, and which argument is its input
-_LINEAR_OPS = {torch.ops.aten.linear.default: 0, torch.ops.aten.addmm.default: 1}
-
-
-class _LastLinearInput(torch.fx.Interpreter):
-    """Runs an exported graph node by node, remembering the input of the last linear op.
-
-    MLflow's default ``pt2`` format loads as a ``GraphModule`` without ``nn.Linear``
-    submodules, so a forward hook has nothing to attach to; interpreting the graph does.
-    """
-
-    last_input: torch.Tensor | None = None
-
-    def call_function(self, target, args, kwargs):  # noqa: ANN001, ANN201 - fx signature
-        if target in _LINEAR_OPS:
-            self.last_input = args[_LINEAR_OPS[target]]
-        return super().call_function(target, args, kwargs)
-
-
-def _forward_with_embedding(
-    model: nn.Module, batch: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probabilities, penultimate activations) for one batch, for either model form."""
-    head = last_linear(model)
-    if head is not None:
-        captured: list[torch.Tensor] = []
-        hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
-        try:
-            out = model(batch)
-        finally:
-            hook.remove()
-        return out, captured[-1].flatten(1)
-    if isinstance(model, torch.fx.GraphModule):
-        interpreter = _LastLinearInput(model)
-        out = interpreter.run(batch)
-        out = out[0] if isinstance(out, list | tuple) else out
-        if interpreter.last_input is None:
-            raise ValueError("the exported model graph has no linear op to take embeddings from")
-        return out, interpreter.last_input.flatten(1)
-    raise ValueError(f"{type(model).__name__} has no nn.Linear layer to take embeddings from")
+class ModelContractError(ValueError):
+    """The loaded model does not declare the embedding/probability interface."""
 
 
 @dataclass
@@ -77,17 +35,29 @@ class ModelProbe:
     version: str
     batch_size: int = 1024
 
+    def __post_init__(self) -> None:
+        """Fail at load time, not mid-check, when the model lacks the declared interface."""
+        if not callable(getattr(self.model, "embed_and_predict", None)):
+            raise ModelContractError(
+                f"{self.uri} loaded as a {type(self.model).__name__}, which does not declare "
+                "embed_and_predict(); drift monitoring needs a model logged by mnist_mlops.train "
+                "(an InferenceModel, serialization_format='pickle')"
+            )
+        try:
+            self.predict(np.zeros((2, 28, 28), np.uint8))
+        except TypeError as err:  # e.g. an InferenceModel around a net without features()
+            raise ModelContractError(f"{self.uri}: {err}") from err
+
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities float32 (N, 10), penultimate embeddings float32 (N, D))."""
-        if not isinstance(self.model, torch.fx.GraphModule):
-            self.model.eval()  # an exported graph is already in inference form
+        self.model.eval()
         x = as_unit_float(images)
         probs: list[np.ndarray] = []
         embeddings: list[np.ndarray] = []
         for start in range(0, len(x), self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size]))
-            log_probs, embedding = _forward_with_embedding(self.model, batch.unsqueeze(1))
+            embedding, log_probs = self.model.embed_and_predict(batch.unsqueeze(1))
             probs.append(torch.exp(log_probs).float().numpy())
             embeddings.append(embedding.float().numpy())
         if not probs:

@@ -44,15 +44,22 @@ def fresh_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 class TinyNet(nn.Module):
-    """A small MLP with a penultimate layer, enough to classify the synthetic digits."""
+    """A small MLP declaring its 64-wide penultimate layer (the ``FeatureNetwork`` contract),
+    enough to classify the synthetic digits."""
 
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU())
         self.head = nn.Linear(64, NUM_CLASSES)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(features), dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.head(self.body(x)), dim=1)
+        return self.classify(self.features(x))
 
 
 def train_tiny_model(

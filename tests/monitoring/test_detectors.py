@@ -124,18 +124,35 @@ def test_baseline_contract_violations_are_clear(baseline_payload) -> None:
         Baseline.from_dict(broken)
 
 
-def test_probe_takes_embeddings_from_an_exported_graph_too(tiny_model, fresh_digits) -> None:
-    """MLflow's default pt2 format loads as a GraphModule without nn.Linear submodules."""
+def test_probe_rejects_a_model_without_the_declared_interface(tiny_model) -> None:
+    """MLflow's pt2 format loads as a bare GraphModule: no declared embedding, a clear error
+    at load time (nothing guesses a layer from the graph)."""
+    import torch
+
+    from mnist_mlops.models.inference import InferenceModel
+    from mnist_mlops.monitoring.model_probe import ModelContractError, ModelProbe
+
+    example = torch.zeros(8, 1, 28, 28)
+    batch = torch.export.Dim("batch")
+    graph = torch.export.export(tiny_model, (example,), dynamic_shapes=({0: batch},)).module()
+    with pytest.raises(ModelContractError, match="runs:/x/model loaded as a GraphModule"):
+        ModelProbe(graph, "runs:/x/model", "1")
+    plain = InferenceModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    with pytest.raises(ModelContractError, match="Sequential does not declare features"):
+        ModelProbe(plain, "runs:/y/model", "1")
+
+
+def test_probe_embeddings_are_the_declared_features(tiny_model, fresh_digits) -> None:
     import torch
 
     from mnist_mlops.monitoring.model_probe import ModelProbe
 
     images = fresh_digits[0][:64]
-    example = torch.zeros(8, 1, 28, 28)
-    batch = torch.export.Dim("batch")
-    graph = torch.export.export(tiny_model, (example,), dynamic_shapes=({0: batch},)).module()
-    eager = ModelProbe(tiny_model, "eager", "1").predict(images)
-    exported = ModelProbe(graph, "graph", "1").predict(images)
-    np.testing.assert_allclose(exported[0], eager[0], atol=1e-5)
-    np.testing.assert_allclose(exported[1], eager[1], atol=1e-5)
-    assert exported[1].shape == (64, 64)
+    probs, embeddings = ModelProbe(tiny_model, "eager", "1", batch_size=20).predict(images)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    with torch.no_grad():
+        expected = tiny_model.net.body((x - 0.1307) / 0.3081).numpy()
+        forward = tiny_model(x).exp().numpy()
+    assert embeddings.shape == (64, 64)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+    np.testing.assert_allclose(probs, forward, atol=1e-6)

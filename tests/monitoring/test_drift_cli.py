@@ -182,3 +182,61 @@ def test_prediction_log_source_last_n_and_time_window(project: Path, fresh_digit
     assert stale.window["n_images"] == 420
     with pytest.raises(ValueError, match="since='yesterday'"):
         run_drift_check(_compose(project, *common, "source.since=yesterday"))
+
+
+def _train_gap_v8(images: np.ndarray, labels: np.ndarray, steps: int = 5) -> torch.nn.Module:
+    """The default design (ends in a 1x1 conv, no Linear layer), trained for a few steps (its
+    accuracy is beside the point here; its BN statistics and weights are real)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from mnist_mlops.models.inference import InferenceModel
+
+    torch.manual_seed(0)
+    net = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "model" / "gap_v8.yaml").net)
+    model = InferenceModel(net)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(labels).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.nll_loss(model(x), y).backward()
+        optimizer.step()
+    return net.eval()
+
+
+def test_cli_with_a_gap_v8_champion(project: Path, train_digits, fresh_digits) -> None:
+    """`python -m mnist_mlops.drift` with the default design as champion: the model-based
+    detectors run on its declared embedding (the 16-wide GAP output) instead of exiting 1."""
+    root = project / "gap_v8"
+    (root / "processed").mkdir(parents=True)
+    for name in ("val", "test", "inverted"):
+        (root / "processed" / name).symlink_to(project / "processed" / name)
+    (root / "processed" / "baseline.json").symlink_to(project / "processed" / "baseline.json")
+    cfg = _compose(root, "model.required=true")
+    from mnist_mlops.tracking.setup import configure_mlflow, ensure_experiment
+
+    client = configure_mlflow(cfg.registry)
+    net = _train_gap_v8(train_digits[0][:256], train_digits[1][:256])
+    with mlflow.start_run(experiment_id=ensure_experiment(cfg.registry)):
+        uri = log_inference_model(net, torch.from_numpy(fresh_digits[0][:4]))
+    version = mlflow.register_model(uri, cfg.registry.model_name)
+    client.set_registered_model_alias(cfg.registry.model_name, "production", version.version)
+
+    common = ("model.required=true", "mlflow.enabled=false")
+    clean = _cli(root, *common, "report.dir=${paths.root_dir}/clean")
+    assert clean.returncode in (DriftExit.OK, DriftExit.WARN), clean.stderr[-3000:]
+    saved = json.loads((root / "clean" / "drift_report.json").read_text())
+    assert saved["model"]["version"] == str(version.version)
+    mmd = next(f for f in saved["findings"] if f["detector"] == "embedding_mmd")
+    assert mmd["status"] in ("ok", "warn") and mmd["p_value"] is not None
+    for detector in ("prediction_psi", "confidence_ks"):
+        assert any(
+            f["detector"] == detector and f["status"] != "skipped" for f in saved["findings"]
+        )
+
+    inverted = run_drift_check(
+        _compose(root, *common, "source.path=${paths.processed_dir}/inverted")
+    )
+    assert inverted.exit_code == DriftExit.ALERT
+    assert inverted.detector_status("embedding_mmd").value == "alert"
