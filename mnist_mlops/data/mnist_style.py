@@ -4,11 +4,18 @@ LeCun et al. size-normalised each digit to fit a 20x20 box (keeping its aspect r
 anti-aliasing) and then centred it in a 28x28 field by its centre of mass. A digit drawn in a
 browser or photographed is nothing like that until the same steps are applied, so the API
 applies them here, once, to every uploaded or drawn image (the web UI sends its raw canvas).
+
+"Centred" means at (14.0, 14.0) in index coordinates, not at the array centre (13.5, 13.5):
+MNIST's digits have their centre of mass at row 13.99 / column 14.01 on average, each within
+[13.5, 14.5) of it (an integer shift of the 20x20 box). The shift here is chosen the same way
+(rounding half down), so a real MNIST digit sent as a picture comes back byte-identical
+(tests/serving/test_mnist_style.py measures it on the 10,000 test digits).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
 
 import numpy as np
@@ -17,7 +24,14 @@ from PIL import Image, UnidentifiedImageError
 from mnist_mlops.data.constants import IMAGE_SIDE
 
 DIGIT_BOX = 20  # the digit's longer side after scaling, as in MNIST
-INK_FRACTION_OF_MAX = 0.1  # pixels below this share of the brightest count as background
+# where MNIST puts a digit's centre of mass, in index coordinates (train mean 13.996 / 14.007)
+MNIST_CENTRE = 14.0
+# Ink fainter than this share of the brightest pixel is noise (JPEG ringing, paper grain) and
+# does not count towards the bounding box; MNIST's own anti-aliased fringe is brighter.
+INK_FRACTION_OF_MAX = 0.02
+# A peak at least this bright is already full scale (MNIST's peaks are 254 or 255) and is
+# left alone; fainter ink is stretched so its brightest pixel becomes 1.
+FULL_SCALE = 0.99
 # Refuse absurd images from their header, before decoding anything: 16.7 megapixels (4096^2)
 # covers any phone photo; a 389 KB PNG can declare 20000x20000 (400 MP, 1.6 GB decoded).
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -114,8 +128,9 @@ def _border(grey: np.ndarray) -> np.ndarray:
 
 
 def mnist_style(ink: np.ndarray) -> np.ndarray:
-    """Crop to the ink's bounding box, fit into 20x20 keeping the aspect ratio, and centre
-    by centre of mass in 28x28. Input: float (H, W) with ink bright; output: uint8 (28, 28)."""
+    """Crop to the ink's bounding box, fit into 20x20 keeping the aspect ratio, and place it in
+    28x28 with its centre of mass at (14, 14) by an integer shift. Input: float (H, W) with
+    ink bright; output: uint8 (28, 28). A real MNIST digit comes back unchanged."""
     ink = np.asarray(ink, dtype=np.float32)
     if ink.ndim != 2 or ink.size == 0:
         raise ImageInputError(f"expected a 2-D greyscale image, got shape {ink.shape}")
@@ -124,28 +139,35 @@ def mnist_style(ink: np.ndarray) -> np.ndarray:
     peak = float(ink.max())
     if peak <= 0.0:
         raise ImageInputError("image is blank: no ink found")
-    rows = np.flatnonzero((ink >= INK_FRACTION_OF_MAX * peak).any(axis=1))
-    cols = np.flatnonzero((ink >= INK_FRACTION_OF_MAX * peak).any(axis=0))
-    digit = np.clip(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] / peak, 0.0, 1.0)
+    visible = ink >= INK_FRACTION_OF_MAX * peak
+    rows = np.flatnonzero(visible.any(axis=1))
+    cols = np.flatnonzero(visible.any(axis=0))
+    digit = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    digit = np.clip(digit / peak if peak < FULL_SCALE else digit, 0.0, 1.0)
 
     height, width = digit.shape
     scale = DIGIT_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # Box filtering when shrinking is the anti-aliasing; bilinear when enlarging a tiny stroke.
+    # At scale 1 (an MNIST digit: its box is already 20 px) Pillow returns the pixels as is.
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     scaled = np.asarray(Image.fromarray(digit, mode="F").resize(size, resample), dtype=np.float32)
-    scaled = np.clip(scaled, 0.0, 1.0)
+    # quantise first, so the centre of mass is placed for the bytes actually returned
+    scaled = np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
-    frame = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
-    mass = scaled.sum()
-    com_row = float((scaled.sum(axis=1) * np.arange(scaled.shape[0])).sum() / mass)
-    com_col = float((scaled.sum(axis=0) * np.arange(scaled.shape[1])).sum() / mass)
-    centre = (IMAGE_SIDE - 1) / 2.0
-    # Place the centre of mass on the frame's centre, but never push ink off the frame.
-    top = int(np.clip(round(centre - com_row), 0, IMAGE_SIDE - scaled.shape[0]))
-    left = int(np.clip(round(centre - com_col), 0, IMAGE_SIDE - scaled.shape[1]))
+    frame = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    top = _integer_shift(scaled.sum(axis=1), IMAGE_SIDE - scaled.shape[0])
+    left = _integer_shift(scaled.sum(axis=0), IMAGE_SIDE - scaled.shape[1])
     frame[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
-    return np.round(frame * 255.0).astype(np.uint8)
+    return frame
+
+
+def _integer_shift(profile: np.ndarray, max_offset: int) -> int:
+    """Offset putting this mass profile's centre at ``MNIST_CENTRE``, rounding half down (a
+    centre of mass in [13.5, 14.5) stays put), never pushing ink off the frame."""
+    mass = profile.astype(np.float64)
+    centre = float((mass * np.arange(len(mass))).sum() / mass.sum())
+    return int(np.clip(math.ceil(MNIST_CENTRE - centre - 0.5), 0, max_offset))
 
 
 def image_bytes_to_mnist(data: bytes) -> np.ndarray:
