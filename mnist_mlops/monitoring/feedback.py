@@ -85,27 +85,62 @@ def _write_split(directory: Path, arrays: MnistArrays) -> None:
     pq.write_table(table, directory / "part-00000.parquet")
 
 
+def _select_untrusted(
+    untrusted: np.ndarray, n_trusted_train: int, max_fraction: float
+) -> np.ndarray:
+    """The newest untrusted labels, capped so they are at most ``max_fraction`` of the train
+    split they join (so a flood of anonymous labels cannot outweigh the trusted ones)."""
+    if not 0.0 <= max_fraction < 1.0:
+        raise ValueError(f"feedback.max_untrusted_fraction must be in [0, 1), got {max_fraction}")
+    cap = int(np.floor(max_fraction / (1.0 - max_fraction) * n_trusted_train + 1e-9))
+    return untrusted[untrusted.size - min(cap, untrusted.size) :]
+
+
 def collect_feedback(
-    log_dir: str | Path, feedback_dir: str | Path, eval_fraction: float, min_eval: int
+    log_dir: str | Path,
+    feedback_dir: str | Path,
+    eval_fraction: float,
+    min_eval: int,
+    allow_untrusted: bool = False,
+    max_untrusted_fraction: float = 0.0,
 ) -> FeedbackSnapshot | None:
-    """Snapshot every labelled prediction in the log; None when there is no feedback at all."""
+    """Snapshot the feedback-labelled predictions in the log; None when there is none to use.
+
+    Only *trusted* labels (sent with the prediction's feedback token) are used by default.
+    With ``allow_untrusted`` the newest untrusted labels join the train split, capped at
+    ``max_untrusted_fraction`` of it; they never enter ``recent_eval``, the gate's evidence."""
     from mnist_mlops.serving.prediction_log import read_prediction_log
 
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"feedback.eval_fraction must be in [0, 1), got {eval_fraction}")
     window = read_prediction_log(log_dir)
-    labelled = np.flatnonzero(window.has_label)
-    if labelled.size == 0:
-        log.info("no feedback-labelled predictions in %s", log_dir)
-        return None
-    labelled = labelled[np.argsort(window.timestamps[labelled], kind="stable")]
-    n_eval = int(np.ceil(eval_fraction * labelled.size))
+    if window.damage.any:
+        log.warning("prediction log %s: skipped damaged data %s", log_dir, window.damage)
+    by_time = np.argsort(window.timestamps, kind="stable")
+    labelled = by_time[window.has_label[by_time]]
+    trusted = labelled[window.label_trusted[labelled]]
+    untrusted = labelled[~window.label_trusted[labelled]]
+    n_eval = int(np.ceil(eval_fraction * trusted.size))
     if n_eval < min_eval:
         n_eval = 0  # too few to judge a model on: use everything for training instead
-    parts = {
-        TRAIN: labelled[: labelled.size - n_eval],
-        RECENT_EVAL: labelled[labelled.size - n_eval :],
-    }
+    train = trusted[: trusted.size - n_eval]
+    used_untrusted = (
+        _select_untrusted(untrusted, train.size, max_untrusted_fraction)
+        if allow_untrusted
+        else untrusted[:0]
+    )
+    train = np.concatenate([train, used_untrusted])
+    train = train[np.argsort(window.timestamps[train], kind="stable")]
+    if trusted.size + used_untrusted.size == 0:
+        log.info(
+            "no usable feedback in %s (%d untrusted labels ignored: feedback.allow_untrusted=%s)",
+            log_dir,
+            untrusted.size,
+            allow_untrusted,
+        )
+        return None
+    parts = {TRAIN: train, RECENT_EVAL: trusted[trusted.size - n_eval :]}
+    labelled = np.concatenate([trusted, used_untrusted])
 
     feedback_dir = Path(feedback_dir)
     staging = feedback_dir / f".staging-{uuid.uuid4().hex[:8]}"
@@ -114,6 +149,13 @@ def collect_feedback(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": {"prediction_log": str(log_dir), "labelled_predictions": int(labelled.size)},
         "eval_fraction": eval_fraction,
+        "trust": {
+            "trusted": int(trusted.size),
+            "untrusted_available": int(untrusted.size),
+            "untrusted_used": int(used_untrusted.size),
+            "allow_untrusted": bool(allow_untrusted),
+            "max_untrusted_fraction": float(max_untrusted_fraction),
+        },
         "splits": {},
     }
     try:

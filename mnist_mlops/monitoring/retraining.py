@@ -349,6 +349,8 @@ def _retrain_locked(
             cfg.feedback.dir,
             float(cfg.feedback.eval_fraction),
             int(cfg.feedback.min_eval),
+            allow_untrusted=bool(cfg.feedback.get("allow_untrusted", False)),
+            max_untrusted_fraction=float(cfg.feedback.get("max_untrusted_fraction", 0.0)),
         )
         if snapshot is not None:
             outcome.feedback = {**snapshot.manifest, "dir": str(snapshot.root)}

@@ -282,6 +282,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         prediction = await service.predict(image)
         payload = {
             "id": prediction.ids[0],
+            "feedback_token": service.feedback.signer.sign(prediction.ids[0]),
             "predicted": int(prediction.predicted[0]),
             "probabilities": prediction.probabilities[0].tolist(),
             "model": _model_ref(prediction),
@@ -301,6 +302,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
         return orjson.dumps(
             {
                 "ids": prediction.ids,
+                "feedback_tokens": service.feedback.signer.sign_many(prediction.ids),
                 "predicted": prediction.predicted,
                 "probabilities": prediction.probabilities,
                 "model": _model_ref(prediction),
@@ -329,14 +331,28 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @app.post(
         "/feedback",
         response_model=FeedbackResponse,
-        responses={404: {"model": ErrorResponse, "description": "Unknown prediction id"}},
-        summary="Record the true label of a served prediction",
+        responses={
+            code: {"model": ErrorResponse, "description": text}
+            for code, text in {
+                401: "No feedback_token, and feedback_require_token is set",
+                403: "feedback_token does not match the prediction id",
+                404: "Unknown prediction id (untrusted feedback only)",
+                409: "This prediction already has feedback (one label per id: the first wins)",
+                429: "Too much feedback from this client (per-IP token bucket)",
+                503: "The label could not be stored (disk full)",
+            }.items()
+        },
+        summary="Record the true label of a served prediction (with its feedback_token: trusted)",
     )
-    def feedback(body: FeedbackRequest) -> Response:
-        if not service.knows(body.id):
-            return _json({"detail": f"unknown prediction id {body.id}"}, status=404)
-        service.record_feedback(body.id, body.label)
-        return _json({"id": body.id, "label": body.label, "recorded": True})
+    def feedback(body: FeedbackRequest, request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
+        result = service.feedback.give(body.id, body.label, body.feedback_token, client)
+        metrics.FEEDBACK.labels(outcome=result.outcome).inc()
+        if result.status != 200:
+            raise InputError(result.status, result.detail)
+        return _json(
+            {"id": body.id, "label": body.label, "recorded": True, "trusted": result.trusted}
+        )
 
     @app.post(
         "/admin/reload",

@@ -150,6 +150,7 @@ class ModelRef(BaseModel):
 
 class PredictResponse(BaseModel):
     id: str = Field(description="prediction id, for /feedback")
+    feedback_token: str = Field(description="send with /feedback to have the label trusted")
     predicted: int = Field(ge=0, lt=NUM_CLASSES)
     probabilities: list[float] = Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES)
     model: ModelRef
@@ -163,6 +164,7 @@ class PredictResponse(BaseModel):
 
 class BatchResponse(BaseModel):
     ids: list[str]
+    feedback_tokens: list[str] = Field(description="one per id, for trusted /feedback")
     predicted: list[int]
     probabilities: list[list[float]]
     model: ModelRef
@@ -171,12 +173,18 @@ class BatchResponse(BaseModel):
 class FeedbackRequest(_Strict):
     id: PREDICTION_ID
     label: int = Field(ge=0, lt=NUM_CLASSES, description="the true digit")
+    feedback_token: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="the prediction's feedback_token: without it the label is untrusted",
+    )
 
 
 class FeedbackResponse(BaseModel):
     id: str
     label: int
     recorded: bool
+    trusted: bool = Field(description="the label came with the prediction's feedback_token")
 
 
 class ModelInfo(BaseModel):

@@ -11,7 +11,6 @@ import gc
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,8 +19,14 @@ import torch
 
 from mnist_mlops.serving import metrics
 from mnist_mlops.serving.engine import InferenceEngine, ModelNotReadyError
+from mnist_mlops.serving.feedback_trust import (
+    FeedbackDesk,
+    FeedbackSigner,
+    RateLimiter,
+    load_or_create_secret,
+)
 from mnist_mlops.serving.loader import LoadedModel, ModelResolver, ModelWatcher
-from mnist_mlops.serving.prediction_log import PredictionLogWriter, prediction_exists
+from mnist_mlops.serving.prediction_log import PredictionLogWriter
 from mnist_mlops.serving.settings import ServingSettings
 
 _log = logging.getLogger(__name__)
@@ -57,6 +62,15 @@ class PredictionService:
             max_total_bytes=settings.prediction_log_max_total_bytes,
             max_feedback_bytes=settings.prediction_log_max_feedback_bytes,
             flush_interval_s=settings.prediction_log_flush_interval_s,
+            on_event=metrics.log_event,
+        )
+        self.feedback = FeedbackDesk(
+            self.log,
+            FeedbackSigner(
+                load_or_create_secret(settings.prediction_log_dir, settings.feedback_secret)
+            ),
+            RateLimiter(settings.feedback_rate_per_s, settings.feedback_burst),
+            require_token=settings.feedback_require_token,
         )
         self.watcher = ModelWatcher(ModelResolver(settings), on_change=self._on_model_change)
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -117,19 +131,11 @@ class PredictionService:
         return Prediction(ids, probabilities, predicted, model)
 
     def knows(self, prediction_id: str) -> bool:
-        """Whether the id was served (memory first; then the log, written by any worker)."""
+        """Whether the id was served (memory first; then the log's incremental id index)."""
         with self._recent_lock:
             if prediction_id in self._recent:
                 return True
-        self.log.flush()
-        if prediction_exists(self.settings.prediction_log_dir, prediction_id):
-            return True
-        # Served by another worker whose buffer is not on disk yet: wait one flush interval.
-        time.sleep(self.settings.prediction_log_flush_interval_s + 0.05)
-        return prediction_exists(self.settings.prediction_log_dir, prediction_id)
-
-    def record_feedback(self, prediction_id: str, label: int) -> None:
-        self.log.log_feedback(prediction_id, label)
+        return self.log.contains(prediction_id)
 
     def reload(self) -> LoadedModel | None:
         return self.watcher.refresh()

@@ -35,6 +35,12 @@ class ServingSettings(BaseModel):
     prediction_log_max_total_bytes: int = Field(default=512 * 1024**2, gt=0)
     prediction_log_max_feedback_bytes: int = Field(default=32 * 1024**2, gt=0)
     prediction_log_flush_interval_s: float = Field(default=0.5, gt=0)
+    # /feedback trust: signing secret (empty: generated per log folder), per-IP token bucket
+    # (rate 0 disables it), and whether feedback without its prediction's token is refused
+    feedback_secret: str = ""
+    feedback_rate_per_s: float = Field(default=2.0, ge=0)
+    feedback_burst: int = Field(default=30, gt=0)
+    feedback_require_token: bool = False
     # Request bodies (enforced while streaming, for every framing: see limits.py). The limit
     # depends on route and Content-Type; max_body_bytes is also the ceiling for all of them.
     max_body_bytes: int = Field(default=64 * 1024**2, gt=0)  # raw uint8 batches

@@ -92,7 +92,7 @@ def _log_predictions(log_dir: Path, n: int, n_labelled: int, seed: int = 0) -> l
             [ids[i]], images[i : i + 1], probs[i : i + 1], "1", start + i * 10**6
         )
     for i in range(n_labelled):
-        writer.log_feedback(ids[i], int(labels[i]))
+        writer.log_feedback(ids[i], int(labels[i]), trusted=True)  # sent with its token
     writer.close()
     return ids
 
@@ -154,7 +154,7 @@ def test_feedback_snapshot_is_content_addressed(tmp_path: Path) -> None:
 
     ids = [f"{i:032x}" for i in range(60)]
     writer = PredictionLogWriter(tmp_path / "log", flush_interval_s=0.05)
-    writer.log_feedback(ids[50], 3)
+    writer.log_feedback(ids[50], 3, trusted=True)
     writer.close()
     grown = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.25, min_eval=5)
     assert grown is not None and grown.snapshot_id != snap.snapshot_id

@@ -95,7 +95,7 @@
     if (!lastResult) return;
     const response = await fetch("/feedback", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ id: lastResult.id, label }) });
+      body: JSON.stringify({ id: lastResult.id, label, feedback_token: lastResult.feedback_token }) });
     thanks.textContent = response.ok ? `Thanks: recorded ${label}.` : "Could not record feedback.";
   }
   async function showModel() {
