@@ -80,7 +80,9 @@ class DriftContext:
 
     @cached_property
     def features(self) -> dict[str, np.ndarray]:
-        return image_features(self.window.images)
+        """Per-image features on the same numeric grid as the baseline's reference sample."""
+        raw = image_features(self.window.images)
+        return {name: self.baseline.comparable(values) for name, values in raw.items()}
 
     @cached_property
     def pixel_fractions(self) -> np.ndarray:

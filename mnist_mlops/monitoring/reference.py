@@ -23,7 +23,10 @@ from mnist_mlops.monitoring.model_probe import ModelProbe
 
 log = logging.getLogger(__name__)
 
-BASELINE_SCHEMA_VERSION = 1
+BASELINE_SCHEMA_VERSION = 2
+# schema -> decimals its reference samples were rounded to (None: full precision). Window
+# features are rounded the same way, so both samples of a KS test are on the same grid.
+SAMPLE_DECIMALS: dict[int, int | None] = {1: 4, 2: None}
 
 
 class BaselineError(ValueError):
@@ -40,14 +43,28 @@ class Baseline:
     feature_samples: dict[str, np.ndarray]
     feature_summaries: dict[str, dict[str, Any]]
     source: dict[str, Any]
+    sample_decimals: int | None = None  # schema 1 baselines: 4
+
+    def comparable(self, values: np.ndarray) -> np.ndarray:
+        """Window feature values on the reference sample's grid (rounded as it was, if at all)."""
+        values = np.asarray(values, dtype=np.float64)
+        return values if self.sample_decimals is None else np.round(values, self.sample_decimals)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], origin: str = "<dict>") -> Baseline:
         version = raw.get("schema_version")
-        if version != BASELINE_SCHEMA_VERSION:
+        if version not in SAMPLE_DECIMALS:
             raise BaselineError(
                 f"{origin}: baseline schema_version {version!r} is not supported "
-                f"(expected {BASELINE_SCHEMA_VERSION}); re-run preprocessing"
+                f"(expected one of {sorted(SAMPLE_DECIMALS)}); re-run preprocessing"
+            )
+        if version != BASELINE_SCHEMA_VERSION:
+            log.info(
+                "%s: baseline schema_version %s (reference samples rounded to %s decimals); "
+                "window features are rounded the same way. Re-run preprocessing to upgrade.",
+                origin,
+                version,
+                SAMPLE_DECIMALS[version],
             )
         try:
             labels = np.asarray(raw["labels"]["fractions"], dtype=np.float64)
@@ -72,7 +89,8 @@ class Baseline:
             name: {k: v for k, v in stats.items() if k != "reference_sample"}
             for name, stats in features.items()
         }
-        return cls(labels, edges, pixel, samples, summaries, dict(raw.get("source", {})))
+        source = dict(raw.get("source", {}))
+        return cls(labels, edges, pixel, samples, summaries, source, SAMPLE_DECIMALS[version])
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -117,11 +119,48 @@ def test_tiny_window_is_not_enough_data(run, fresh_digits, n: int) -> None:
 
 
 def test_baseline_contract_violations_are_clear(baseline_payload) -> None:
-    with pytest.raises(BaselineError, match="schema_version 2"):
-        Baseline.from_dict({**baseline_payload, "schema_version": 2})
+    with pytest.raises(BaselineError, match=r"schema_version 99 is not supported .*\[1, 2\]"):
+        Baseline.from_dict({**baseline_payload, "schema_version": 99})
     broken = {k: v for k, v in baseline_payload.items() if k != "pixel_histogram"}
     with pytest.raises(BaselineError, match="pixel_histogram"):
         Baseline.from_dict(broken)
+
+
+def test_reference_sample_is_stored_at_full_precision(train_digits, baseline_payload) -> None:
+    """Schema 2: the window's features and the reference sample are the same numbers for the
+    same image (schema 1 rounded only the reference, which biased KS on discrete features)."""
+    from mnist_mlops.data.features import image_features
+
+    features = image_features(train_digits[0])
+    baseline = Baseline.from_dict(baseline_payload)
+    assert baseline_payload["schema_version"] == 2 and baseline.sample_decimals is None
+    for name, sample in baseline.feature_samples.items():
+        assert np.isin(sample, features[name].astype(np.float64)).all(), name
+    ink = baseline.feature_samples["ink_fraction"]
+    assert not np.array_equal(ink, np.round(ink, 4))  # k/784 is not a 4-decimal number
+
+
+def test_schema_1_baseline_is_read_with_windows_on_its_rounded_grid(
+    baseline_payload, train_digits
+) -> None:
+    """An old baseline (samples rounded to 4 decimals) stays usable: window features are
+    rounded the same way, so the same images give a KS distance of exactly 0."""
+    from mnist_mlops.monitoring.detectors import DriftContext, FeatureKS
+
+    old = json.loads(json.dumps(baseline_payload))
+    old["schema_version"] = 1
+    for stats_ in old["features"].values():
+        stats_["reference_sample"] = np.round(stats_["reference_sample"], 4).tolist()
+    baseline = Baseline.from_dict(old)
+    assert baseline.sample_decimals == 4
+    # the fixture's reference sample is all 3,000 training images: the same images as a window
+    window = Window(images=train_digits[0], labels=train_digits[1], description="same images")
+    ctx = DriftContext(window=window, baseline=baseline)
+    findings = FeatureKS(features=["ink_fraction", "com_row"]).evaluate(ctx)
+    assert [f.statistic for f in findings] == [0.0, 0.0]
+    np.testing.assert_array_equal(
+        ctx.features["ink_fraction"], np.round(ctx.features["ink_fraction"], 4)
+    )
 
 
 def test_probe_rejects_a_model_without_the_declared_interface(tiny_model) -> None:
