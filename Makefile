@@ -39,5 +39,7 @@ lint: install
 serve: install
 	$(BIN)/python -m mnist_mlops.serve
 
+## Remove run outputs and caches. Never var/: the prediction log and users' feedback are
+## production data, not build output (delete var/predictions by hand to start afresh).
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,102 @@ def test_a_killed_writer_leaves_a_readable_log_that_others_retire(tmp_path, kill
     live.close()
     versions = read_prediction_log(tmp_path).model_versions.tolist()
     assert versions.count("live") == 60 and versions.count("dead") < 50
+
+
+# --------------------------------------------------------------------------- real uvicorn workers
+
+
+def _serve(tmp_path: Path, name: str, store: Path, log_dir: Path, workers: int, **limits):
+    """Start ``python -m mnist_mlops.serve`` (its own process group); returns (process, url)."""
+    from mnist_mlops.utils.processes import free_port
+
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "mnist_mlops.serve",
+        f"server.port={port}",
+        f"server.workers={workers}",
+        f"serving.prediction_log_dir={log_dir}",
+        "serving.prediction_log_flush_interval_s=0.05",
+        "serving.poll_interval_s=0",
+        "serving.torch_threads=1",
+        f"hydra.run.dir={tmp_path}/hydra-{name}",
+        *[f"serving.prediction_log_{key}={value}" for key, value in limits.items()],
+    ]
+    metrics_dir = tmp_path / f"metrics-{name}"
+    metrics_dir.mkdir()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    with open(tmp_path / f"{name}.log", "w") as server_log:
+        process = subprocess.Popen(
+            args, stdout=server_log, stderr=server_log, start_new_session=True, env=env
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.slow
+def test_two_servers_one_with_two_workers_share_a_folder_over_budget(production_store, tmp_path):
+    """Server A (2 uvicorn workers) answers a trickle of single predictions while server B, on
+    the same folder, pushes the log far past its budget. The old log let B delete A's open
+    segments (31 of 31 lost); now B retires only its own, every prediction A answered is in
+    the log, nothing is damaged, and /metrics shows B's rotation and no loss."""
+    import httpx
+
+    from mnist_mlops.utils.processes import stop_process_group, wait_for_http
+
+    segment, budget = 60_000, 600_000
+    log_dir = tmp_path / "predictions"
+    limits = {"max_segment_bytes": segment, "max_total_bytes": budget}
+    a, url_a = _serve(tmp_path, "a", production_store, log_dir, 2, **limits)
+    b, url_b = _serve(tmp_path, "b", production_store, log_dir, 1, **limits)
+    single = {"pixels": [0] * 300 + [255] * 184 + [0] * 300, "scale": "0-255"}
+    try:
+        wait_for_http(f"{url_a}/ready", a, timeout=240)
+        wait_for_http(f"{url_b}/ready", b, timeout=240)
+
+        def predict_a() -> str:  # a new connection each time: both of A's workers answer
+            answer = httpx.post(f"{url_a}/predict", json=single, timeout=60)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["id"]
+
+        served_a = [predict_a() for _ in range(30)]
+        rng = np.random.default_rng(0)
+        served_b = []
+        for _ in range(6):  # 6 x 300 images, ~1.6 MB: B alone is 2.6x the whole budget
+            pixels = rng.integers(0, 256, (300, 784), dtype=np.uint8).tobytes()
+            answer = httpx.post(
+                f"{url_b}/predict/batch",
+                content=pixels,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=120,
+            )
+            assert answer.status_code == 200, answer.text
+            served_b += answer.json()["ids"]
+            served_a.append(predict_a())
+        time.sleep(0.5)  # a few flusher ticks: every writer trims to its share
+        metrics_b = httpx.get(f"{url_b}/metrics", timeout=30).text
+        metrics_a = httpx.get(f"{url_a}/metrics", timeout=30).text
+    finally:
+        stop_process_group(a)  # SIGTERM: each worker flushes and releases its lock
+        stop_process_group(b)
+    # graceful either way (uvicorn re-raises SIGTERM after its shutdown when single-process)
+    assert a.returncode in (0, -15) and b.returncode in (0, -15), (a.returncode, b.returncode)
+    window = read_prediction_log(log_dir)
+    logged = set(window.ids.tolist())
+    assert not window.damage.any
+    lost_a = set(served_a) - logged
+    assert not lost_a, f"{len(lost_a)} of {len(served_a)} predictions of server A lost"
+    kept_b = [i for i in served_b if i in logged]
+    assert kept_b == served_b[len(served_b) - len(kept_b) :] and 0 < len(kept_b) < len(served_b)
+    writers = {p.name.rsplit("-", 1)[1] for p in log_dir.glob("predictions-*.arrows")}
+    assert len(writers) == 3  # A's two workers and B, side by side
+    total = sum(p.stat().st_size for p in log_dir.glob("predictions-*.arrows"))
+    assert total <= budget + 3 * segment
+    deleted = 'mnist_prediction_log_segments_deleted_total{kind="predictions",reason="budget"}'
+    assert deleted in metrics_b
+    for text in (metrics_a, metrics_b):
+        assert "segment_deleted" not in text and "write_failed" not in text
