@@ -2,7 +2,9 @@
 
 Each shift maps uint8 images (N, 28, 28) to shifted uint8 images of the same shape; they
 model what goes wrong in production: rotated scans, sensor noise, focus blur, a thicker pen,
-off-centre crops, inverted polarity (black ink on white).
+off-centre crops, inverted polarity (black ink on white). Names say exactly what is done
+(``dilation_2x2`` is a 2x2 grey dilation; rotations turn each digit about its own centre of
+mass, so they do not also translate it).
 """
 
 from __future__ import annotations
@@ -19,22 +21,46 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    """(row, col) centre of mass of one image's intensity, in index coordinates."""
+    x = image.astype(np.float64)
+    total = x.sum()
+    if total <= 0:
+        return (image.shape[0] - 1) / 2.0, (image.shape[1] - 1) / 2.0
+    return (
+        float((x.sum(axis=1) * np.arange(x.shape[0])).sum() / total),
+        float((x.sum(axis=0) * np.arange(x.shape[1])).sum() / total),
+    )
+
+
+def rotate_about_centre_of_mass(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate one image by ``degrees`` (counter-clockwise as displayed) about its own centre of
+    mass, bilinear, so the rotation does not also move the digit (MNIST centres by mass, at
+    ~(14, 14), not at the array centre (13.5, 13.5))."""
+    theta = np.deg2rad(degrees)
+    # output pixel o samples input R (o - c) + c, with R the inverse rotation in (row, col)
+    matrix = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+    centre = np.asarray(centre_of_mass(image))
+    offset = centre - matrix @ centre
+    out = ndimage.affine_transform(
+        image.astype(np.float32), matrix, offset=offset, order=1, mode="constant", cval=0.0
+    )
+    return _to_uint8(out)
+
+
 def rotate(degrees: float) -> Shift:
-    """Rotate every image by ``degrees`` (sign chosen at random per image) about its centre."""
+    """Rotate every image by ``degrees`` (sign chosen at random per image) about its centre
+    of mass (see :func:`rotate_about_centre_of_mass`)."""
 
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         signs = rng.choice([-1.0, 1.0], size=len(images))
-        return (
-            np.stack(
-                [
-                    _to_uint8(
-                        ndimage.rotate(img.astype(np.float32), s * degrees, reshape=False, order=1)
-                    )
-                    for img, s in zip(images, signs, strict=True)
-                ]
-            )
-            if len(images)
-            else images
+        if not len(images):
+            return images
+        return np.stack(
+            [
+                rotate_about_centre_of_mass(img, s * degrees)
+                for img, s in zip(images, signs, strict=True)
+            ]
         )
 
     return apply
@@ -61,7 +87,9 @@ def blur(sigma: float) -> Shift:
 
 
 def thicker_strokes(size: int = 2) -> Shift:
-    """Grey dilation: a broader pen."""
+    """Grey dilation with a ``size`` x ``size`` square: a broader pen. For the default 2x2 each
+    output pixel is the max of itself and its lower-right neighbours, so strokes grow one pixel
+    up and left and the centre of mass moves by about -0.5 px on both axes."""
 
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return ndimage.grey_dilation(images, size=(1, size, size))
@@ -70,7 +98,8 @@ def thicker_strokes(size: int = 2) -> Shift:
 
 
 def translate(pixels: int) -> Shift:
-    """Move each digit ``pixels`` in a random diagonal direction (off-centre crops)."""
+    """Move each digit by (+-pixels, +-pixels), signs at random: a diagonal move of
+    ``pixels * sqrt(2)`` (off-centre crops)."""
 
     def apply(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = np.empty_like(images)
@@ -105,7 +134,7 @@ IMAGE_SHIFTS: dict[str, Shift] = {
     "rotation_45": rotate(45),
     "gaussian_noise": gaussian_noise(40.0),
     "blur": blur(1.0),
-    "thicker_strokes": thicker_strokes(2),
+    "dilation_2x2": thicker_strokes(2),
     "translation": translate(3),
     "inversion": invert(),
 }

@@ -71,7 +71,7 @@ EXPECTED = {
         "embedding_mmd",
     ],
     "blur": ["pixel_psi", "feature_ks"],
-    "thicker_strokes": ["feature_ks", "feature_psi"],
+    "dilation_2x2": ["feature_ks", "feature_psi"],
     "translation": ["feature_ks", "feature_psi", "confidence_ks"],
 }
 
