@@ -138,6 +138,12 @@ class PredictionLogSource:
             self.log_dir, last_n=self.last_n, since=parse_since(self.since)
         )
         scope = f"last_n={self.last_n}" + (f", since={self.since}" if self.since else "")
+        if logged.damage.any:  # read past, never fatal: say so in every report
+            damage = logged.damage
+            scope += (
+                f"; skipped damaged log data: {damage.bad_segments} segments, "
+                f"{damage.corrupt_spans} corrupt spans, {damage.torn_tails} torn tails"
+            )
         return Window(
             images=logged.images,
             labels=logged.labels,

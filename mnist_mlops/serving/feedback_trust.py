@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from mnist_mlops.serving.prediction_log import PredictionLogWriter
 
 SECRET_FILE = ".feedback-secret"
+_log = logging.getLogger(__name__)
 TOKEN_BYTES = 16
 
 
@@ -34,20 +36,26 @@ def load_or_create_secret(log_dir: str | Path, configured: str = "") -> bytes:
     if configured:
         return configured.encode()
     path = Path(log_dir) / SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return bytes.fromhex(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         pass
+    except OSError as exc:
+        _log.error("cannot read %s (%s): tokens signed now will not survive a restart", path, exc)
+        return os.urandom(32)
     secret = os.urandom(32)
     tmp = path.with_name(f"{SECRET_FILE}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret.hex())
     try:
-        os.link(tmp, path)  # fails if another worker won the race: use theirs
-    except FileExistsError:
-        secret = bytes.fromhex(path.read_text().strip())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret.hex())
+        try:
+            os.link(tmp, path)  # fails if another worker won the race: use theirs
+        except FileExistsError:
+            secret = bytes.fromhex(path.read_text().strip())
+    except OSError as exc:  # an unwritable folder must not stop the server from starting
+        _log.error("cannot persist %s (%s): tokens will not survive a restart", path, exc)
     finally:
         tmp.unlink(missing_ok=True)
     return secret

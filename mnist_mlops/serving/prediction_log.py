@@ -127,7 +127,7 @@ def _segments(log_dir: Path, kind: str) -> list[_Segment]:
     found = []
     try:
         names = os.listdir(log_dir)
-    except FileNotFoundError:
+    except OSError:  # missing, not a folder, unreadable: nothing to list (writes recreate it)
         return []
     for name in names:
         if not (name.startswith(kind + "-") and name.endswith(SUFFIX)):
@@ -403,7 +403,10 @@ class PredictionLogWriter:
         self._on_event = on_event or _no_event
         self.lost: dict[tuple[str, str], int] = {}
         self._lease = _Lease(self.log_dir, self.writer_id)
-        self._lease.ensure()
+        try:
+            self._lease.ensure()
+        except OSError as exc:  # never stop the server from starting: retried on each write
+            _log.error("prediction log folder %s is not writable yet: %s", self.log_dir, exc)
         feedback_segment = min(max_segment_bytes, max_feedback_bytes)
         self._appenders = {
             "predictions": _SegmentAppender(

@@ -157,7 +157,8 @@ def test_the_reader_resynchronises_past_corrupt_bytes(tmp_path):
     assert prediction_exists(tmp_path, batches[2][0][0])
     assert not prediction_exists(tmp_path, batches[1][0][0])
     # the drift source (and so the drift CLI) reads on instead of raising
-    assert len(PredictionLogSource(str(tmp_path), last_n=None).load()) == 6
+    source = PredictionLogSource(str(tmp_path), last_n=None).load()
+    assert len(source) == 6 and "1 segments, 1 corrupt spans" in source.description
 
 
 def test_a_live_writers_index_skips_a_corrupt_segment(tmp_path):
@@ -375,3 +376,24 @@ def test_two_servers_one_with_two_workers_share_a_folder_over_budget(production_
     assert deleted in metrics_b
     for text in (metrics_a, metrics_b):
         assert "segment_deleted" not in text and "write_failed" not in text
+
+
+def test_an_unusable_folder_does_not_stop_the_writer_and_recovers(tmp_path):
+    """A path under a regular file cannot be created: start anyway, count the failed writes,
+    and write again once the folder can exist."""
+    from mnist_mlops.serving.feedback_trust import load_or_create_secret
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    log_dir = blocker / "log"
+    assert len(load_or_create_secret(log_dir)) == 32  # ephemeral, logged
+    writer = PredictionLogWriter(log_dir, flush_interval_s=60)
+    writer.log_predictions(*_batch(3), model_version="1")
+    writer.flush()
+    assert writer.lost[("predictions", "write_failed")] == 3
+    blocker.unlink()
+    ids, images, probs = _batch(2, seed=1)
+    writer.log_predictions(ids, images, probs, model_version="1")
+    writer.flush()
+    writer.close()
+    assert list(read_prediction_log(log_dir).ids) == ids
