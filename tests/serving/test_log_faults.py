@@ -397,3 +397,35 @@ def test_an_unusable_folder_does_not_stop_the_writer_and_recovers(tmp_path):
     writer.flush()
     writer.close()
     assert list(read_prediction_log(log_dir).ids) == ids
+
+
+def test_log_failures_reach_prometheus(tmp_path):
+    """The serving app hands metrics.log_event to its writer: what the log survives is counted."""
+    from prometheus_client import REGISTRY
+
+    from mnist_mlops.serving import metrics
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "recreated": sample("mnist_prediction_log_recreated_total", kind="predictions"),
+        "lost": sample(
+            "mnist_prediction_log_records_lost_total", kind="predictions", reason="segment_deleted"
+        ),
+    }
+    writer = PredictionLogWriter(tmp_path / "log", flush_interval_s=60, on_event=metrics.log_event)
+    writer.log_predictions(*_batch(5), model_version="1")
+    writer.flush()
+    shutil.rmtree(tmp_path / "log")
+    writer.log_predictions(*_batch(1), model_version="1")
+    writer.flush()
+    writer.close()
+    assert sample("mnist_prediction_log_recreated_total", kind="predictions") == (
+        before["recreated"] + 1
+    )
+    lost = sample(
+        "mnist_prediction_log_records_lost_total", kind="predictions", reason="segment_deleted"
+    )
+    assert lost == before["lost"] + 5
+    assert b"mnist_prediction_log_records_lost_total" in metrics.render()[0]
