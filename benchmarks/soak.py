@@ -183,6 +183,7 @@ class Results:
         self.kind_latencies: dict[str, list[float]] = {}
         self.transport_errors: Counter = Counter()
         self.answered_ids: set[str] = set()
+        self.answered_at: dict[str, tuple[float, str]] = {}  # id -> (monotonic time, server)
         self.versions: Counter = Counter()
 
 
@@ -217,6 +218,9 @@ async def _client_loop(
             answer = response.json()
             ids = answer["ids"] if "ids" in answer else [answer["id"]]
             results.answered_ids.update(ids)
+            now = time.monotonic()
+            for prediction_id in ids:
+                results.answered_at[prediction_id] = (now, urls[(turn - 1) % len(urls)])
             results.versions[answer["model"]["version"]] += len(ids)
             token = answer.get("feedback_token")
             if len(traffic.served) < 10_000:
@@ -247,6 +251,8 @@ class Sampler(threading.Thread):
         self.roles: dict[int, str] = {}
         self.seen_ids: set[str] = set()
         self.reads = 0
+        self.last_read: float | None = None
+        self.max_gap_s = 0.0  # the longest time between two log reads
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -284,6 +290,10 @@ class Sampler(threading.Thread):
             return
         self.seen_ids.update(window.ids.tolist())
         self.reads += 1
+        now = time.monotonic()
+        if self.last_read is not None:
+            self.max_gap_s = max(self.max_gap_s, now - self.last_read)
+        self.last_read = now
 
 
 def _cmdline(process) -> list[str]:
@@ -379,6 +389,7 @@ def main() -> None:
         promoter = threading.Thread(target=promote, daemon=True)
         promoter.start()
         started = time.monotonic()
+        load_started = started
         asyncio.run(_load(urls, traffic, results, args))
         elapsed = time.monotonic() - started
         promoter.join(timeout=60)
@@ -429,7 +440,16 @@ def main() -> None:
         "prediction_ids_answered_200": len(results.answered_ids),
         "prediction_ids_found_in_log": len(results.answered_ids & sampler.seen_ids),
         "prediction_ids_lost": len(lost),
+        "lost_sample": [
+            {
+                "id": i,
+                "answered_at_s": round(results.answered_at[i][0] - load_started, 2),
+                "server": results.answered_at[i][1],
+            }
+            for i in sorted(lost, key=lambda i: results.answered_at[i][0])[:20]
+        ],
         "log_reads": sampler.reads,
+        "log_read_max_gap_s": round(sampler.max_gap_s, 2),
         "log_counters": {k: sum(c[k] for c in counters) for k in counters[0]},
     }
     _print(report)
@@ -482,9 +502,11 @@ def _print(report: dict) -> None:
     print(
         f"prediction ids answered 200: {report['prediction_ids_answered_200']}, found in the "
         f"log: {report['prediction_ids_found_in_log']}, lost: {report['prediction_ids_lost']} "
-        f"({report['log_reads']} log reads)"
+        f"({report['log_reads']} log reads, at most {report['log_read_max_gap_s']} s apart)"
     )
     print(f"log counters: {report['log_counters']}")
+    for row in report["lost_sample"]:
+        print(f"  lost: {row}")
 
 
 if __name__ == "__main__":

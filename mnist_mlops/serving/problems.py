@@ -103,6 +103,9 @@ def _validation_errors(exc: RequestValidationError) -> tuple[str, list[dict]]:
     for error in exc.errors()[:20]:
         loc = [p for p in error.get("loc", ()) if isinstance(p, str | int)]
         msg = clean(error.get("msg", "invalid"), 200)
+        if error.get("type") == "json_invalid":  # loc is (body, character offset)
+            reason = (error.get("ctx") or {}).get("error", "")
+            loc, msg = loc[:1], clean(f"invalid JSON: {reason}" if reason else "invalid JSON")
         errors.append({"loc": loc, "msg": msg, "type": str(error.get("type", "invalid"))})
         where = ".".join(str(p) for p in loc[1:] or loc) or "body"
         if f"{where}: {msg}" not in parts:
