@@ -364,19 +364,37 @@ class _Pending:
     timestamp_us: int
 
 
+def _string_column(values: list[str]) -> pa.Array:
+    """Strings as Arrow; 32-character ASCII ids (the common case) straight from one buffer,
+    ~100x faster than converting a long list of Python strings one by one."""
+    widths = set(map(len, values))
+    if len(widths) == 1 and (width := widths.pop()) > 0:
+        try:
+            data = "".join(values).encode("ascii")
+        except UnicodeEncodeError:
+            return pa.array(values, pa.string())
+        offsets = np.arange(0, width * (len(values) + 1), width, dtype=np.int32)
+        return pa.Array.from_buffers(
+            pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+    return pa.array(values, pa.string())
+
+
 def _prediction_batch(chunks: Sequence[_Pending]) -> pa.RecordBatch:
     """One Arrow batch from queued predictions (built on the flusher thread)."""
     ids = [i for c in chunks for i in c.ids]
     n = len(ids)
     pixels = np.concatenate([c.pixels for c in chunks]).reshape(-1)
     probabilities = np.concatenate([c.probabilities for c in chunks])
-    stamps = np.concatenate([np.full(len(c.ids), c.timestamp_us, np.int64) for c in chunks])
-    versions = [c.model_version for c in chunks for _ in c.ids]
+    counts = [len(c.ids) for c in chunks]
+    stamps = np.repeat(np.array([c.timestamp_us for c in chunks], np.int64), counts)
+    names = sorted({c.model_version for c in chunks})
+    which = np.repeat(np.array([names.index(c.model_version) for c in chunks], np.int32), counts)
     return pa.record_batch(
         [
-            pa.array(ids, pa.string()),
+            _string_column(ids),
             pa.array(stamps, pa.int64()).cast(_TIMESTAMP),
-            pa.array(versions, pa.string()),
+            pa.array(names, pa.string()).take(pa.array(which)),
             pa.array(probabilities.argmax(axis=1).astype(np.int16)),
             pa.FixedSizeListArray.from_arrays(pa.array(probabilities.reshape(-1)), NUM_CLASSES),
             pa.Array.from_buffers(pa.binary(PIXELS), n, [None, pa.py_buffer(pixels)]),

@@ -204,3 +204,20 @@ def test_a_dead_writers_segments_are_retired_first(tmp_path):
     assert ("segment_deleted", "predictions", "orphan", 1) in events
     versions = read_prediction_log(tmp_path).model_versions.tolist()
     assert versions.count("new") == 27 and versions.count("old") < 36
+
+
+def test_ids_of_any_shape_round_trip(tmp_path):
+    """The fast path for 32-character ASCII ids must not mangle other ids."""
+    writer = PredictionLogWriter(tmp_path, flush_interval_s=60)
+    for ids in (["a" * 32, "b" * 32], ["short", "a-longer-id"], ["ünïcode-ïd", "x" * 10]):
+        writer.log_predictions(ids, np.zeros((2, 28, 28), np.uint8), np.full((2, 10), 0.1), "v")
+        writer.flush()
+    writer.close()
+    assert list(read_prediction_log(tmp_path).ids) == [
+        "a" * 32,
+        "b" * 32,
+        "short",
+        "a-longer-id",
+        "ünïcode-ïd",
+        "x" * 10,
+    ]
