@@ -158,6 +158,21 @@ def _writer_alive(log_dir: Path, writer: str) -> bool:
     return False
 
 
+def _sweep_dead_locks(log_dir: Path) -> None:
+    """Remove lock files of dead writers that own no segment any more (one per past worker
+    would otherwise pile up across restarts)."""
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return
+    owners = {n[: -len(SUFFIX)].split("-", 2)[-1] for n in names if n.endswith(SUFFIX)}
+    for name in names:
+        if name.startswith(".writer-") and name.endswith(".lock"):
+            writer = name[len(".writer-") : -len(".lock")]
+            if writer not in owners and not _writer_alive(log_dir, writer):
+                (log_dir / name).unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -425,6 +440,7 @@ class PredictionLogWriter:
             self._lease.ensure()
         except OSError as exc:  # never stop the server from starting: retried on each write
             _log.error("prediction log folder %s is not writable yet: %s", self.log_dir, exc)
+        _sweep_dead_locks(self.log_dir)
         feedback_segment = min(max_segment_bytes, max_feedback_bytes)
         self._appenders = {
             "predictions": _SegmentAppender(

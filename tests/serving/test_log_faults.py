@@ -277,6 +277,11 @@ def test_a_killed_writer_leaves_a_readable_log_that_others_retire(tmp_path, kill
     live.close()
     versions = read_prediction_log(tmp_path).model_versions.tolist()
     assert versions.count("live") == 60 and versions.count("dead") < 50
+    assert len(list(tmp_path.glob(".writer-*.lock"))) == 1  # the killed writer's, still owning
+    for seg in tmp_path.glob("predictions-*.arrows"):
+        seg.unlink()
+    PredictionLogWriter(tmp_path).close()  # a new writer sweeps locks that own nothing
+    assert not list(tmp_path.glob(".writer-*.lock"))
 
 
 # --------------------------------------------------------------------------- real uvicorn workers
