@@ -116,10 +116,18 @@ def test_unknown_ids_cost_no_rescan_of_the_log(desk, monkeypatch):
 
 
 def test_feedback_over_http_trust_repeats_and_limits(production_store, tmp_path):
+    import re
+
+    def feedback_counts(text: str) -> dict[str, float]:
+        found = re.findall(r'^mnist_feedback_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
+        return {outcome: float(value) for outcome, value in found}
+
     settings = make_settings(
         production_store, tmp_path / "log", feedback_rate_per_s=0.001, feedback_burst=6
     )
     with live_server(settings) as url, httpx.Client(base_url=url, timeout=10) as client:
+        # in-process servers share one Prometheus registry with earlier tests: count deltas
+        before = feedback_counts(client.get("/metrics").text)
         served = client.post("/predict", json=PIXELS).json()
         images = {"images": [PIXELS["pixels"]] * 2, "scale": "0-255"}
         batch = client.post("/predict/batch", json=images).json()
@@ -146,16 +154,16 @@ def test_feedback_over_http_trust_repeats_and_limits(production_store, tmp_path)
         ]
         assert [a.status_code for a in answers] == [200, 409, 200, 403, 404, 200, 429]
         assert [answers[i].json()["trusted"] for i in (0, 2, 5)] == [False, True, True]
-        metrics = client.get("/metrics").text
-    for outcome, count in [
-        ("recorded_trusted", 2),
-        ("recorded_untrusted", 1),
-        ("duplicate", 1),
-        ("bad_token", 1),
-        ("unknown_id", 1),
-        ("rate_limited", 1),
-    ]:
-        assert f'mnist_feedback_total{{outcome="{outcome}"}} {count}.0' in metrics, outcome
+        after = feedback_counts(client.get("/metrics").text)
+    delta = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+    assert delta == {
+        "recorded_trusted": 2,
+        "recorded_untrusted": 1,
+        "duplicate": 1,
+        "bad_token": 1,
+        "unknown_id": 1,
+        "rate_limited": 1,
+    }
     window = read_prediction_log(tmp_path / "log")
     labels = dict(zip(window.ids.tolist(), window.labels.tolist(), strict=True))
     assert labels[pid] == 5 and labels[batch["ids"][1]] == 2 and labels[batch["ids"][0]] == -1
