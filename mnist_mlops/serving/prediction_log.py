@@ -441,7 +441,8 @@ class PredictionLogWriter:
         except OSError as exc:  # never stop the server from starting: retried on each write
             _log.error("prediction log folder %s is not writable yet: %s", self.log_dir, exc)
         _sweep_dead_locks(self.log_dir)
-        feedback_segment = min(max_segment_bytes, max_feedback_bytes)
+        # small feedback segments: retiring one drops a sliver of old labels, not half of them
+        feedback_segment = min(max_segment_bytes, max(65536, max_feedback_bytes // 16))
         self._appenders = {
             "predictions": _SegmentAppender(
                 self.log_dir,
