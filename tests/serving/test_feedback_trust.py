@@ -80,6 +80,31 @@ def test_untrusted_feedback_needs_a_served_id_trusted_feedback_does_not(desk):
     assert desk.give(served, 2, None, "c").status == 401
 
 
+def test_a_full_disk_answers_503_and_the_label_can_be_given_again(desk, monkeypatch):
+    """ENOSPC on the feedback write (the kernel's answer on a full disk) is a clean 503, not a
+    500, and since nothing was stored the same label may be sent again once there is room."""
+    import errno
+
+    from mnist_mlops.serving import prediction_log
+
+    first, served = _served(desk.log, 2)
+    assert desk.give(first, 1, None, "c").status == 200  # the feedback segment exists
+    real_write_all = prediction_log._write_all
+
+    def disk_full(fd, data):
+        real_write_all(fd, bytes(data)[: len(data) // 2])  # a short write, then the refusal
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prediction_log, "_write_all", disk_full)
+    outcome = desk.give(served, 4, desk.signer.sign(served), "c")
+    assert (outcome.status, outcome.outcome) == (503, "storage_failed")
+    monkeypatch.setattr(prediction_log, "_write_all", real_write_all)
+    assert desk.give(served, 4, desk.signer.sign(served), "c").status == 200
+    desk.log.flush()
+    window = read_prediction_log(desk.log.log_dir)
+    assert window.labels.tolist() == [1, 4] and not window.damage.any
+
+
 def test_the_rate_limit_is_per_client_and_refills():
     limiter = RateLimiter(rate_per_s=2, burst=3)
     assert [limiter.allow("a", now=0.0) for _ in range(4)][:3] == [0.0, 0.0, 0.0]
