@@ -155,9 +155,10 @@ def bare_model_throughput(
     chunk = settings["inference_chunk"]
 
     def one_pass() -> None:
+        unit = images.astype(np.float32) * np.float32(1.0 / 255.0)  # as the app parses uint8
         with torch.inference_mode():
-            for start in range(0, len(images), chunk):
-                part = torch.from_numpy(images[start : start + chunk]).float().div_(255.0)
+            for start in range(0, len(unit), chunk):
+                part = torch.from_numpy(unit[start : start + chunk])
                 x = part.unsqueeze(1).to(dtype=dtype, memory_format=torch.channels_last)
                 runner(x).float().exp_().numpy()
 
