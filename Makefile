@@ -12,12 +12,13 @@ $(STAMP): pyproject.toml scripts/install.sh $(wildcard scripts/install.d/*.sh)
 install: $(STAMP)
 
 ## The whole pipeline on embedded defaults: preprocess -> train -> evaluate -> register, then serve.
-## The train stage prints one line per epoch (loss, accuracy, time, ETA).
+## The train stage prints one line per epoch (loss, accuracy, time, ETA); MLflow's artifact
+## download bars would only interleave with them.
 SERVE_URL = http://$${MNIST_SERVE_HOST:-127.0.0.1}:$${MNIST_SERVE_PORT:-8000}
 MLFLOW_UI = $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port 5000
 
 run: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false $(BIN)/dvc repro
 	@echo ""
 	@echo "==> pipeline done: metrics in reports/ ($(BIN)/dvc metrics show), promotion decision in reports/promotion.json"
 	@echo "==> MLflow UI (runs, registry):  $(MLFLOW_UI)   then open http://127.0.0.1:5000"

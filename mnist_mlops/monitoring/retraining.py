@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -145,7 +146,10 @@ def run_child(args: list[str], timeout_s: float, log_path: Path, echo: str | Non
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            errors="replace",  # a stray byte must not stop the copying (and block the child)
             bufsize=1,
+            # MLflow's artifact download bars are carriage-return noise in a log and a console
+            env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
             preexec_fn=_die_with_parent,
         )
         pump = threading.Thread(target=_pump, args=(child.stdout, out, echo), daemon=True)
