@@ -36,6 +36,20 @@ log = logging.getLogger(__name__)
 def build_datamodule(data_cfg: DictConfig, seed: int) -> MnistDataModule:
     """The data module from the ``data`` group's loader keys."""
     augmentation = instantiate(data_cfg.augmentation) if data_cfg.get("augmentation") else None
+    if data_cfg.get("streaming"):  # opt-in: train split streamed in row groups (streaming.py)
+        from mnist_mlops.training.streaming import StreamingDataModule
+
+        return StreamingDataModule(
+            processed_dir=data_cfg.processed_dir,
+            batch_size=data_cfg.batch_size,
+            eval_batch_size=data_cfg.eval_batch_size,
+            augmentation=augmentation,
+            extra_train_dirs=list(data_cfg.get("extra_train_dirs") or []),
+            mean=data_cfg.mean,
+            std=data_cfg.std,
+            seed=seed,
+            buffer_rows=int(data_cfg.get("stream_buffer_rows", 20_000)),
+        )
     return MnistDataModule(
         processed_dir=data_cfg.processed_dir,
         batch_size=data_cfg.batch_size,
