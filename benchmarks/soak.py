@@ -295,6 +295,9 @@ class Sampler(threading.Thread):
         self.reads = 0
         self.last_read: float | None = None
         self.max_gap_s = 0.0  # the longest time between two log reads
+        self.started = time.monotonic()
+        self.on_disk = 0
+        self.bytes_per_s = 0.0
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -323,6 +326,20 @@ class Sampler(threading.Thread):
                 self.peak_rss[process.pid] = max(self.peak_rss.get(process.pid, 0), rss)
                 self.first_rss.setdefault(process.pid, rss)
 
+    def _note_rate(self) -> None:
+        """Bytes/s of prediction log written (from segment sizes and the ids seen)."""
+        if self.reads == 1:
+            self.started = time.monotonic()
+        elif self.seen_ids:
+            per_record = sum(p.stat().st_size for p in self._segments()) / max(self.on_disk, 1)
+            self.bytes_per_s = per_record * len(self.seen_ids) / (time.monotonic() - self.started)
+
+    def _segments(self) -> list[Path]:
+        try:
+            return [p for p in self.log_dir.glob("predictions-*") if p.is_file()]
+        except OSError:
+            return []
+
     def read_log(self) -> None:
         from mnist_mlops.serving.prediction_log import read_prediction_log
 
@@ -330,8 +347,10 @@ class Sampler(threading.Thread):
             window = read_prediction_log(self.log_dir)
         except FileNotFoundError:
             return
+        self.on_disk = len(window)
         self.seen_ids.update(window.ids.tolist())
         self.reads += 1
+        self._note_rate()
         now = time.monotonic()
         if self.last_read is not None:
             self.max_gap_s = max(self.max_gap_s, now - self.last_read)
@@ -372,10 +391,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
     parser.add_argument("--servers", type=int, default=1, help="servers sharing one log folder")
-    parser.add_argument("--log-budget-mib", type=float, default=2, help="prediction log budget")
-    parser.add_argument(
-        "--segment-mib", type=float, default=0.125, help="prediction log segment size"
-    )
+    # rotation must be slower than the reader (see "retention" in the report), or ids rotated
+    # out between two reads count as lost: at ~1,900 predictions/s (~1.7 MB/s of log) 16 MiB
+    # keeps ~9 s, and still rotates ~100 times in a minute
+    parser.add_argument("--log-budget-mib", type=float, default=16, help="prediction log budget")
+    parser.add_argument("--segment-mib", type=float, default=1, help="prediction log segment size")
     parser.add_argument("--promote-at", type=float, default=0.5, help="fraction of the duration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(ROOT / "reports/benchmarks/soak.json"))
@@ -492,6 +512,10 @@ def main() -> None:
         ],
         "log_reads": sampler.reads,
         "log_read_max_gap_s": round(sampler.max_gap_s, 2),
+        # how long a record stays in the log before rotation retires it, at the load's pace
+        "log_retention_s_estimate": round(
+            args.log_budget_mib * MIB / max(sampler.bytes_per_s, 1.0), 1
+        ),
         "log_counters": {k: sum(c[k] for c in counters) for k in counters[0]},
     }
     _print(report)
@@ -544,7 +568,8 @@ def _print(report: dict) -> None:
     print(
         f"prediction ids answered 200: {report['prediction_ids_answered_200']}, found in the "
         f"log: {report['prediction_ids_found_in_log']}, lost: {report['prediction_ids_lost']} "
-        f"({report['log_reads']} log reads, at most {report['log_read_max_gap_s']} s apart)"
+        f"({report['log_reads']} log reads, at most {report['log_read_max_gap_s']} s apart; a "
+        f"record stays ~{report['log_retention_s_estimate']} s before rotation)"
     )
     print(f"log counters: {report['log_counters']}")
     for row in report["lost_sample"]:
