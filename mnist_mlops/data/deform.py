@@ -25,6 +25,7 @@ from scipy.ndimage import gaussian_filter
 from mnist_mlops.data.constants import IMAGE_SIDE
 
 _CENTRE = (IMAGE_SIDE - 1) / 2.0
+_SUB_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,13 @@ def generate_range(
     source = indices % len(source_images)
     if len(indices) == 0:
         return np.empty((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8), np.empty(0, np.int64)
-    coords = sampling_coordinates(seed, indices, settings)
-    images = bilinear_sample(np.asarray(source_images)[source], coords)
+    images = np.empty((len(indices), IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    # float64 fields cost ~100 KB per image: work in sub-batches so a 10k-image chunk on an
+    # executor needs ~0.1 GB, not ~1 GB (each image is computed alone, so bytes do not change)
+    for at in range(0, len(indices), _SUB_BATCH):
+        part = slice(at, at + _SUB_BATCH)
+        coords = sampling_coordinates(seed, indices[part], settings)
+        images[part] = bilinear_sample(np.asarray(source_images)[source[part]], coords)
     return images, np.asarray(source_labels, dtype=np.int64)[source]
 
 

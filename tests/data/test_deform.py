@@ -97,3 +97,10 @@ def test_bad_inputs_are_named(source) -> None:
 def test_ids_sort_in_index_order() -> None:
     ids = generated_ids(8, 12) + generated_ids(99_999, 100_001)
     assert ids == sorted(ids) and ids[0] == "mnist8m-0000000008"
+
+
+def test_internal_sub_batches_do_not_change_bytes(source) -> None:
+    images, labels = source
+    whole, _ = generate_range(images, labels, seed=4, start=0, stop=1100)  # crosses 1024
+    tail, _ = generate_range(images, labels, seed=4, start=1000, stop=1100)
+    assert tail.tobytes() == whole[1000:].tobytes()
