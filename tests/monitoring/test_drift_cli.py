@@ -240,3 +240,41 @@ def test_cli_with_a_gap_v8_champion(project: Path, train_digits, fresh_digits) -
     )
     assert inverted.exit_code == DriftExit.ALERT
     assert inverted.detector_status("embedding_mmd").value == "alert"
+
+
+DESIGNS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+
+
+@pytest.mark.slow  # eight MLflow logs + drift checks: ~2 min on 2 shared cores
+@pytest.mark.parametrize("design", DESIGNS)
+def test_every_design_works_as_the_champion(project: Path, fresh_digits, design: str) -> None:
+    """The drift check with each conf/model/*.yaml as the registered champion (untrained
+    weights: the point is that the declared embedding reaches the detectors, for GAP heads,
+    1x1-conv heads and Linear heads alike)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from mnist_mlops.tracking.setup import configure_mlflow, ensure_experiment
+
+    root = project / "designs"
+    cfg = _compose(
+        project,
+        "model.required=true",
+        "mlflow.enabled=false",
+        f"registry.tracking_uri=sqlite:///{root}/mlflow.db",
+        f"registry.artifact_location={root}/artifacts",
+        f"report.dir={root}/{design}",
+        f"model.cache_dir={root}/cache",
+    )
+    client = configure_mlflow(cfg.registry)
+    torch.manual_seed(0)
+    net = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{design}.yaml").net).eval()
+    with mlflow.start_run(experiment_id=ensure_experiment(cfg.registry)):
+        uri = log_inference_model(net, torch.from_numpy(fresh_digits[0][:4]))
+    version = mlflow.register_model(uri, cfg.registry.model_name)
+    client.set_registered_model_alias(cfg.registry.model_name, "production", version.version)
+
+    report = run_drift_check(cfg)
+    assert report.model["version"] == str(version.version)
+    mmd = next(f for f in report.findings if f.detector == "embedding_mmd")
+    assert mmd.p_value is not None and mmd.status.value != "skipped", design
