@@ -187,14 +187,10 @@ def streamed_split_summary(directory: Path) -> tuple[int, str, list[int]]:
     is loaded whole.
     """
     files = sorted(directory.glob("*.parquet"))
-    previous = ""
-    for path in files:
-        ids = pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist()
-        if ids and (ids[0] < previous or ids != sorted(ids)):
-            arrays = load_split(directory)
-            counts = np.bincount(arrays.labels, minlength=NUM_CLASSES).tolist()
-            return len(arrays), split_content_hash(arrays), counts
-        previous = ids[-1] if ids else previous
+    if not _ids_in_order(files):
+        arrays = load_split(directory)
+        counts = np.bincount(arrays.labels, minlength=NUM_CLASSES).tolist()
+        return len(arrays), split_content_hash(arrays), counts
     # three streamed blocks, each length-prefixed, exactly as split_content_hash lays them out
     rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
     digest = hashlib.sha256()
@@ -208,6 +204,18 @@ def streamed_split_summary(directory: Path) -> tuple[int, str, list[int]]:
         for batch in pq.ParquetFile(path).iter_batches(columns=["label"]):
             counts += np.bincount(batch.column(0).to_numpy(), minlength=NUM_CLASSES)
     return rows, digest.hexdigest(), counts.tolist()
+
+
+def _ids_in_order(files: list[Path]) -> bool:
+    """Whether ids increase across the sorted files, checked batch by batch (bounded memory)."""
+    previous = ""
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["image_id"], batch_size=10_000):
+            ids = batch.column(0).to_pylist()
+            if ids and (ids[0] < previous or ids != sorted(ids)):
+                return False
+            previous = ids[-1] if ids else previous
+    return True
 
 
 def _column_bytes(files: list[Path], column: str) -> Iterator[bytes]:

@@ -6,9 +6,9 @@ and sharding is a *block*: a Parquet row group (the generator writes ~10k-row gr
 equal slice of one when there are fewer row groups than ranks.
 
 Per epoch, all ranks compute the same plan from the files' metadata alone (no coordination):
-the blocks in an order seeded by ``(seed, epoch)``, each given to the rank with the fewest rows
-so far (greedy, so ranks differ by at most one block's rows). A rank then reads its blocks in
-that order into a window of about ``buffer_rows`` rows, shuffles the window with a
+largest blocks first (equal sizes in an order seeded by ``(seed, epoch)``), each given to the
+rank with the fewest rows so far, so ranks differ by at most one block's rows. A rank then reads
+its blocks in a seeded order into a window of about ``buffer_rows`` rows, shuffles the window with a
 ``(seed, epoch, rank)`` generator, hands out full batches and carries the remainder into the
 next window. Every row of the split is seen exactly once per epoch across ranks; a rank's
 memory is one window plus one block, whatever the dataset's size. The shuffle is windowed:
@@ -72,15 +72,23 @@ def plan_blocks(directories: Sequence[str | Path], world_size: int = 1) -> list[
 def assign_blocks(
     blocks: Sequence[Block], seed: int, epoch: int, world_size: int
 ) -> list[list[Block]]:
-    """The epoch's blocks per rank: seeded order, each to the least-loaded rank (ties: lowest)."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(blocks))
+    """The epoch's blocks per rank, each rank's in a seeded reading order.
+
+    Largest blocks first, each to the least-loaded rank (ties: lowest rank), equal sizes in a
+    seeded order: ranks end within one block's rows of each other (the last block the fullest
+    rank got, in practice a small tail block), and which rank reads which block changes every
+    epoch.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(blocks))
+    order = sorted(order.tolist(), key=lambda i: -blocks[i].rows)  # stable: random among equals
     shards: list[list[Block]] = [[] for _ in range(world_size)]
     load = [0] * world_size
     for index in order:
         rank = min(range(world_size), key=lambda r: (load[r], r))
-        shards[rank].append(blocks[int(index)])
-        load[rank] += blocks[int(index)].rows
-    return shards
+        shards[rank].append(blocks[index])
+        load[rank] += blocks[index].rows
+    return [[shard[i] for i in rng.permutation(len(shard))] for shard in shards]
 
 
 class ShardedStream:

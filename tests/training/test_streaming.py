@@ -59,9 +59,10 @@ def test_every_row_exactly_once_per_epoch(tagged_dir: Path, world_size: int) -> 
             for r in range(world_size)
         ]
         np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(total))
-        # greedy assignment: ranks differ by at most one row group
+        # largest blocks first to the least-loaded rank: the last blocks placed are the small
+        # tails (57, 54, 18 rows), so ranks end closer than one 64-row group
         sizes = [len(s) for s in seen]
-        assert max(sizes) - min(sizes) <= ROW_GROUP
+        assert max(sizes) - min(sizes) <= 57
 
 
 def test_more_ranks_than_row_groups_still_covers(tmp_path: Path) -> None:
