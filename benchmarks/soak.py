@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import io
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -281,29 +282,20 @@ async def _load(urls: list[str], traffic: Traffic, results: Results, args) -> No
 
 
 class Sampler(threading.Thread):
-    """Peak RSS of every server process, and the prediction ids seen in the log, polled."""
+    """Peak RSS of every server process, polled."""  # (a thread: psutil calls are short)
 
-    def __init__(self, servers: list[subprocess.Popen], log_dir: Path, interval: float) -> None:
+    def __init__(self, servers: list[subprocess.Popen], interval: float) -> None:
         super().__init__(daemon=True)
         self.servers = servers
-        self.log_dir = log_dir
         self.interval = interval
         self.peak_rss: dict[int, int] = {}
         self.first_rss: dict[int, int] = {}
         self.roles: dict[int, str] = {}
-        self.seen_ids: set[str] = set()
-        self.reads = 0
-        self.last_read: float | None = None
-        self.max_gap_s = 0.0  # the longest time between two log reads
-        self.started = time.monotonic()
-        self.on_disk = 0
-        self.bytes_per_s = 0.0
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
             self.sample_rss()
-            self.read_log()
 
     def sample_rss(self) -> None:
         import psutil
@@ -326,21 +318,21 @@ class Sampler(threading.Thread):
                 self.peak_rss[process.pid] = max(self.peak_rss.get(process.pid, 0), rss)
                 self.first_rss.setdefault(process.pid, rss)
 
-    def _note_rate(self) -> None:
-        """Bytes/s of prediction log written (from segment sizes and the ids seen)."""
-        if self.reads == 1:
-            self.started = time.monotonic()
-        elif self.seen_ids:
-            per_record = sum(p.stat().st_size for p in self._segments()) / max(self.on_disk, 1)
-            self.bytes_per_s = per_record * len(self.seen_ids) / (time.monotonic() - self.started)
 
-    def _segments(self) -> list[Path]:
-        try:
-            return [p for p in self.log_dir.glob("predictions-*") if p.is_file()]
-        except OSError:
-            return []
+class LogReader:
+    """The prediction ids seen in the log, read with the public reader again and again."""
 
-    def read_log(self) -> None:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.seen_ids: set[str] = set()
+        self.reads = 0
+        self.last_read: float | None = None
+        self.max_gap_s = 0.0  # the longest time between two reads
+        self.started = time.monotonic()
+        self.on_disk = 0
+        self.bytes_per_s = 0.0
+
+    def read(self) -> None:
         from mnist_mlops.serving.prediction_log import read_prediction_log
 
         try:
@@ -350,11 +342,40 @@ class Sampler(threading.Thread):
         self.on_disk = len(window)
         self.seen_ids.update(window.ids.tolist())
         self.reads += 1
-        self._note_rate()
         now = time.monotonic()
+        if self.reads == 1:
+            self.started = now
+        elif self.on_disk:
+            # bytes/s of log written: bytes per record on disk x records seen per second
+            size = sum(p.stat().st_size for p in _segments(self.log_dir))
+            self.bytes_per_s = size / self.on_disk * len(self.seen_ids) / (now - self.started)
         if self.last_read is not None:
             self.max_gap_s = max(self.max_gap_s, now - self.last_read)
         self.last_read = now
+
+
+def _segments(log_dir: Path) -> list[Path]:
+    try:
+        return [p for p in log_dir.glob("predictions-*") if p.is_file()]
+    except OSError:
+        return []
+
+
+def _read_log_until(log_dir: str, interval: float, stop, connection) -> None:
+    """In its own process: the load generator's busy event loop would starve a reader thread
+    of the GIL (gaps of 39 s were seen), and ids rotated out meanwhile would look lost."""
+    reader = LogReader(Path(log_dir))
+    while not stop.wait(interval):
+        reader.read()
+    reader.read()  # after the servers stopped: everything flushed at shutdown
+    connection.send(
+        {
+            "seen_ids": reader.seen_ids,
+            "reads": reader.reads,
+            "max_gap_s": reader.max_gap_s,
+            "bytes_per_s": reader.bytes_per_s,
+        }
+    )
 
 
 def _cmdline(process) -> list[str]:
@@ -433,13 +454,20 @@ def main() -> None:
     results = Results()
     # reading the whole log costs ~0.15 s per 4 MiB: poll often enough to see every segment
     # before rotation retires it, not so often that the reader starves the servers
-    sampler = Sampler(servers, log_dir, interval=0.5)
+    sampler = Sampler(servers, interval=0.5)
+    spawn = multiprocessing.get_context("spawn")
+    stop_reading = spawn.Event()
+    from_reader, to_main = spawn.Pipe(duplex=False)
+    log_reader = spawn.Process(
+        target=_read_log_until, args=(str(log_dir), 0.5, stop_reading, to_main), daemon=True
+    )
     promotion: dict = {}
     try:
         for url, server in zip(urls, servers, strict=True):
             wait_for_http(f"{url}/ready", server)
         sampler.sample_rss()  # the RSS of the loaded, idle servers: the baseline for growth
         sampler.start()
+        log_reader.start()
 
         def promote() -> None:
             time.sleep(args.duration * args.promote_at)
@@ -461,10 +489,13 @@ def main() -> None:
         for server in servers:
             stop_process_group(server)  # SIGTERM: graceful, the log writers flush and close
         sampler.stopping.set()
+        stop_reading.set()
         print(f"server logs: {workdir}", file=sys.stderr)
     sampler.join(timeout=10)
-    sampler.read_log()  # everything flushed at shutdown
-    lost = results.answered_ids - sampler.seen_ids
+    log = from_reader.recv() if from_reader.poll(120) else {"seen_ids": set(), "reads": 0}  # noqa: E501
+    log_reader.join(timeout=10)
+    seen_ids = log["seen_ids"]
+    lost = results.answered_ids - seen_ids
     report = {
         "machine": _machine(),
         "duration_s": round(elapsed, 1),
@@ -500,7 +531,7 @@ def main() -> None:
             for pid, rss in sorted(sampler.peak_rss.items())
         },
         "prediction_ids_answered_200": len(results.answered_ids),
-        "prediction_ids_found_in_log": len(results.answered_ids & sampler.seen_ids),
+        "prediction_ids_found_in_log": len(results.answered_ids & seen_ids),
         "prediction_ids_lost": len(lost),
         "lost_sample": [
             {
@@ -510,11 +541,11 @@ def main() -> None:
             }
             for i in sorted(lost, key=lambda i: results.answered_at[i][0])[:20]
         ],
-        "log_reads": sampler.reads,
-        "log_read_max_gap_s": round(sampler.max_gap_s, 2),
+        "log_reads": log["reads"],
+        "log_read_max_gap_s": round(log.get("max_gap_s", 0.0), 2),
         # how long a record stays in the log before rotation retires it, at the load's pace
         "log_retention_s_estimate": round(
-            args.log_budget_mib * MIB / max(sampler.bytes_per_s, 1.0), 1
+            args.log_budget_mib * MIB / max(log.get("bytes_per_s", 0.0), 1.0), 1
         ),
         "log_counters": {k: sum(c[k] for c in counters) for k in counters[0]},
     }
