@@ -237,9 +237,10 @@ def log_snapshot_inputs(client: MlflowClient, run_id: str, snapshot: FeedbackSna
                 digest=snapshot.snapshot_id[:DIGEST_CHARS],
                 targets="label",
             )
+            entity = dataset._to_mlflow_entity()  # the schema is inferred here
         inputs.append(
             DatasetInput(
-                dataset=dataset._to_mlflow_entity(),
+                dataset=entity,
                 tags=[InputTag(key="mlflow.data.context", value=contexts[name])],
             )
         )
