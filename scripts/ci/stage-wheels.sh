@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage the torch / torchvision wheels pinned in pyproject.toml (with the CUDA wheels they pull
-# in, ~3 GB) into .docker-wheels/, where the Docker build prefers them over the package index.
+# in, ~3 GB) into .docker-wheels/, which scripts/ci/build-images.sh serves to the Docker build.
 # Why: the host's pip already has them (a local wheel index on CI machines), so each image
 # build does not download them again. Also stages the host's CA bundle as pip's PIP_CERT.
 # Usage: scripts/ci/stage-wheels.sh [python]   (default .venv/bin/python)
