@@ -41,6 +41,8 @@ for target in "${targets[@]}"; do
     echo "build-images: building $image failed (full log: $log)" >&2
     exit 1
   fi
+  # the image this tag pointed at before is now dangling: 6-8 GB each, so drop it at once
+  docker image prune --force >/dev/null
   size=$(docker image inspect --format '{{.Size}}' "$image")
   echo "build-images: $image built in $(( $(date +%s) - start )) s, $(( size / 1000000 )) MB"
 done
