@@ -131,7 +131,7 @@ def test_serving_container_against_postgres_backed_mlflow(
             timeout=600,
         )
         assert register.returncode == 0, register.stderr[-5000:]
-        version = alias_version(MlflowClient(url), "mnist-classifier", "production")
+        version = alias_version(MlflowClient(url, registry_uri=url), "mnist-classifier", "production")
 
         serve_port = free_port()
         serve_url = f"http://127.0.0.1:{serve_port}"
@@ -243,7 +243,7 @@ def test_pipeline_image_runs_the_compose_mlflow_server_and_trains_against_it(
             check=False,
         )  # fmt: skip
         assert training.returncode == 0, training.stderr[-5000:]
-        client = MlflowClient(url)
+        client = MlflowClient(url, registry_uri=url)
         experiment = client.get_experiment_by_name("mnist")
         (run,) = client.search_runs([experiment.experiment_id])
         assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics

@@ -91,7 +91,7 @@ def test_concurrent_runs_register_serve_and_survive_a_server_restart(
             for seed, process in zip((1, 2), trainings, strict=True):
                 assert process.wait(timeout=600) == 0, (tmp_path / f"train{seed}.log").read_text()
 
-            client = MlflowClient(url)
+            client = MlflowClient(url, registry_uri=url)
             experiment = client.get_experiment_by_name("mnist")
             runs = client.search_runs([experiment.experiment_id])
             assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
@@ -145,7 +145,7 @@ def test_concurrent_runs_register_serve_and_survive_a_server_restart(
     try:
         assert httpx.get(f"{serve_url}/ready").status_code == 200
         with mlflow_server(postgres.uri, artifacts, port, log) as url:
-            client = MlflowClient(url)
+            client = MlflowClient(url, registry_uri=url)
             experiment = client.get_experiment_by_name("mnist")
             after_runs = client.search_runs([experiment.experiment_id])
             assert {r.info.run_id: r.data.metrics for r in after_runs} == before["runs"]

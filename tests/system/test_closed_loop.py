@@ -89,7 +89,10 @@ class Project:
     def client(self):
         from mlflow.tracking import MlflowClient
 
-        return MlflowClient(tracking_uri=f"sqlite:///{self.root}/mlruns/mlflow.db")
+        # the registry URI named too: without it MLflow falls back to the process-wide one,
+        # which an earlier in-process test may have pointed at another store
+        uri = f"sqlite:///{self.root}/mlruns/mlflow.db"
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def production_version(self) -> str:
         return str(self.client().get_model_version_by_alias(MODEL, "production").version)
