@@ -131,7 +131,8 @@ def test_serving_container_against_postgres_backed_mlflow(
             timeout=600,
         )
         assert register.returncode == 0, register.stderr[-5000:]
-        version = alias_version(MlflowClient(url, registry_uri=url), "mnist-classifier", "production")
+        client = MlflowClient(url, registry_uri=url)
+        version = alias_version(client, "mnist-classifier", "production")
 
         serve_port = free_port()
         serve_url = f"http://127.0.0.1:{serve_port}"
