@@ -153,9 +153,12 @@ def test_concurrent_runs_register_serve_and_survive_a_server_restart(
             assert versions == before["versions"]
             assert client.get_registered_model(MODEL).aliases == before["aliases"]
             # the artifacts still download through the restarted server, and load as a model
-            mlflow.set_tracking_uri(url)
+            # resolved through this server's registry (a models:/ URI alone would go through
+            # MLflow's process-wide registry URI, which earlier in-process tests may have set)
             local = mlflow.artifacts.download_artifacts(
-                f"models:/{MODEL}@production", dst_path=str(tmp_path / "download")
+                client.get_model_version_download_uri(MODEL, version),
+                dst_path=str(tmp_path / "download"),
+                tracking_uri=url,
             )
             assert (Path(local) / "MLmodel").is_file()
             assert httpx.get(f"{serve_url}/model").json()["version"] == version
