@@ -247,7 +247,10 @@ class ModelWatcher:
                     reason = f"{reason}; {why}"
                 self._note_error(reason, exc)
                 return self.current
-            if current is not None and current.version == version:
+            # (a version served by the fallback is reloaded once the alias names it, so /model
+            # and /ready say it comes from the registry: the poll may fall between the gate's
+            # alias-history tag and its alias move)
+            if current is not None and current.version == version and current.source == "registry":
                 self.last_error = None  # the alias resolves again: the old error is stale
                 return current
             try:
