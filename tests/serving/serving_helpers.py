@@ -30,7 +30,7 @@ def promote(store: Path, run_id: str, processed_dir: Path) -> str:
     client = client_for(store)
     cfg = registry_config(store)
     version = register_run_model(client, cfg.model_name, run_id)
-    promote_if_better(client, cfg, version, {"test": load_split(processed_dir / "test")})
+    promote_if_better(client, cfg, version, {"gate": load_split(processed_dir / "gate")})
     return version
 
 
