@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 DOC_BEGIN = "<!-- drift-power:begin -->"
 DOC_END = "<!-- drift-power:end -->"
 DETECTORS = (
@@ -102,12 +101,13 @@ class CachedProbe:
 
 
 def load_fashion_mnist() -> np.ndarray:
-    from mnist_mlops.data.idx import IMAGES_MAGIC, read_idx
+    """The Fashion-MNIST test images (the loader the system test shares), or exit saying why."""
+    from mnist_mlops.monitoring.shifts import fashion_mnist_images
 
-    path = FASHION_DIR / "t10k-images-idx3-ubyte.gz"
-    if not path.is_file():
-        sys.exit(f"{path} missing: apt-get install -y dataset-fashion-mnist")
-    return np.asarray(read_idx(path, IMAGES_MAGIC))
+    try:
+        return fashion_mnist_images()
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(str(err))
 
 
 def outside_reference_sample(images: np.ndarray, baseline) -> np.ndarray:

@@ -4,17 +4,23 @@ Each shift maps uint8 images (N, 28, 28) to shifted uint8 images of the same sha
 model what goes wrong in production: rotated scans, sensor noise, focus blur, a thicker pen,
 off-centre crops, inverted polarity (black ink on white). Names say exactly what is done
 (``dilation_2x2`` is a 2x2 grey dilation; rotations turn each digit about its own centre of
-mass, so they do not also translate it).
+mass, so they do not also translate it). Out-of-distribution traffic is real, not synthetic:
+:func:`fashion_mnist_images` reads Fashion-MNIST from Debian's ``dataset-fashion-mnist``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+# Where Debian's package ``dataset-fashion-mnist`` installs the four IDX files.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -143,3 +149,22 @@ IMAGE_SHIFTS: dict[str, Shift] = {
 def label_subset_indices(labels: np.ndarray, keep: tuple[int, ...] = (0, 1, 2, 3, 4)) -> np.ndarray:
     """Indices of images whose label is in ``keep`` (label shift: only some digits arrive)."""
     return np.flatnonzero(np.isin(labels, keep))
+
+
+def fashion_mnist_images(directory: Path = FASHION_MNIST_DIR) -> np.ndarray:
+    """The 10,000 Fashion-MNIST test images, uint8 (10000, 28, 28): clothes in MNIST's format,
+    so out-of-distribution inputs that no shift of a digit imitates. Missing files raise
+    :class:`FileNotFoundError` naming the apt package, so a test fails (not skips) and says
+    how to fix it."""
+    from mnist_mlops.data.idx import IMAGES_MAGIC, read_idx
+
+    path = Path(directory) / "t10k-images-idx3-ubyte.gz"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} missing: Fashion-MNIST comes from Debian's {FASHION_MNIST_PACKAGE} "
+            f"(apt-get install -y {FASHION_MNIST_PACKAGE})"
+        )
+    images = np.asarray(read_idx(path, IMAGES_MAGIC))
+    if images.shape != (10_000, 28, 28):
+        raise ValueError(f"{path}: expected 10000 images of 28x28, got shape {images.shape}")
+    return images

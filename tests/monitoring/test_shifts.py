@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mnist_mlops.data.synthetic import synthetic_digits
 from mnist_mlops.monitoring.shifts import (
@@ -43,3 +44,19 @@ def test_dilation_is_2x2_and_named_so() -> None:
     # one pixel up and left: the centre of mass moves by -0.5 px on both axes
     assert np.allclose(np.subtract(centre_of_mass(grown), centre_of_mass(dot[0])), -0.5)
     assert "dilation_2x2" in IMAGE_SHIFTS and "thicker_strokes" not in IMAGE_SHIFTS
+
+
+def test_fashion_mnist_loader_reads_the_idx_file_and_names_the_package_when_missing(
+    tmp_path,
+) -> None:
+    from mnist_mlops.data.idx import write_idx_gz
+    from mnist_mlops.monitoring.shifts import FASHION_MNIST_PACKAGE, fashion_mnist_images
+
+    with pytest.raises(FileNotFoundError, match=f"apt-get install -y {FASHION_MNIST_PACKAGE}"):
+        fashion_mnist_images(tmp_path / "absent")
+    images = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28), dtype=np.uint8)
+    write_idx_gz(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    assert np.array_equal(fashion_mnist_images(tmp_path), images)
+    write_idx_gz(tmp_path / "t10k-images-idx3-ubyte.gz", images[:5])
+    with pytest.raises(ValueError, match="expected 10000 images"):
+        fashion_mnist_images(tmp_path)
