@@ -333,7 +333,7 @@ class LogReader:
         self.bytes_per_s = 0.0
 
     def read(self) -> None:
-        from mnist_mlops.serving.prediction_log import read_prediction_log
+        from mnist_mlops.predictions import read_prediction_log
 
         try:
             window = read_prediction_log(self.log_dir)

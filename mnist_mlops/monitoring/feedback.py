@@ -109,7 +109,7 @@ def collect_feedback(
     Only *trusted* labels (sent with the prediction's feedback token) are used by default.
     With ``allow_untrusted`` the newest untrusted labels join the train split, capped at
     ``max_untrusted_fraction`` of it; they never enter ``recent_eval``, the gate's evidence."""
-    from mnist_mlops.serving.prediction_log import read_prediction_log
+    from mnist_mlops.predictions import read_prediction_log
 
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"feedback.eval_fraction must be in [0, 1), got {eval_fraction}")

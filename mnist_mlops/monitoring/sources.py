@@ -130,7 +130,7 @@ class PredictionLogSource:
     since: str | None = None
 
     def load(self) -> Window:
-        from mnist_mlops.serving.prediction_log import read_prediction_log
+        from mnist_mlops.predictions import read_prediction_log
 
         if self.last_n is not None and self.last_n <= 0:
             raise ValueError(f"last_n must be positive, got {self.last_n}")

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_mlops.serving.prediction_log import PredictionLogWriter
+from mnist_mlops.predictions import PredictionLogWriter
 
 SECRET_FILE = ".feedback-secret"
 _log = logging.getLogger(__name__)

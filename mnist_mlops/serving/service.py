@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mnist_mlops.predictions import PredictionLogWriter
 from mnist_mlops.serving import metrics
 from mnist_mlops.serving.engine import InferenceEngine, ModelNotReadyError
 from mnist_mlops.serving.feedback_trust import (
@@ -26,7 +27,6 @@ from mnist_mlops.serving.feedback_trust import (
     load_or_create_secret,
 )
 from mnist_mlops.serving.loader import LoadedModel, ModelResolver, ModelWatcher
-from mnist_mlops.serving.prediction_log import PredictionLogWriter
 from mnist_mlops.serving.settings import ServingSettings
 
 _log = logging.getLogger(__name__)

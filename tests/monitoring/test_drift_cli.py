@@ -152,7 +152,7 @@ def test_tiny_window_reports_not_enough_data_without_alerting(project: Path) -> 
 def test_prediction_log_source_last_n_and_time_window(project: Path, fresh_digits) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from mnist_mlops.serving.prediction_log import PredictionLogWriter
+    from mnist_mlops.predictions import PredictionLogWriter
 
     images, _ = fresh_digits
     log_dir = project / "served"

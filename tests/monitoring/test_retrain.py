@@ -30,7 +30,7 @@ from mnist_mlops.monitoring.retraining import (
     retrain,
     should_retrain,
 )
-from mnist_mlops.serving.prediction_log import PredictionLogWriter
+from mnist_mlops.predictions import PredictionLogWriter
 from mnist_mlops.tracking.registry import alias_version, register_run_model
 from mnist_mlops.utils.processes import free_port
 
@@ -150,7 +150,7 @@ def test_feedback_snapshot_is_content_addressed(tmp_path: Path) -> None:
     assert same is not None and same.root == snap.root and same.manifest == snap.manifest
     assert {p: p.stat().st_mtime_ns for p in snap.root.rglob("*")} == before
     # one more label: new content, new id, new folder
-    from mnist_mlops.serving.prediction_log import PredictionLogWriter
+    from mnist_mlops.predictions import PredictionLogWriter
 
     ids = [f"{i:032x}" for i in range(60)]
     writer = PredictionLogWriter(tmp_path / "log", flush_interval_s=0.05)

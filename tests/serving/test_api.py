@@ -13,8 +13,8 @@ from PIL import Image
 from serving_helpers import make_settings
 
 from mnist_mlops.data.splits import load_split
+from mnist_mlops.predictions import read_prediction_log
 from mnist_mlops.serving.app import create_app
-from mnist_mlops.serving.prediction_log import read_prediction_log
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from serving_helpers import live_server, make_settings
 
+from mnist_mlops.predictions import (
+    PredictionLogWriter,
+    new_prediction_id,
+    read_prediction_log,
+)
 from mnist_mlops.serving.feedback_trust import (
     FeedbackDesk,
     FeedbackSigner,
     RateLimiter,
     load_or_create_secret,
-)
-from mnist_mlops.serving.prediction_log import (
-    PredictionLogWriter,
-    new_prediction_id,
-    read_prediction_log,
 )
 
 PIXELS = {"pixels": [0] * 300 + [255] * 184 + [0] * 300, "scale": "0-255"}
@@ -85,7 +85,7 @@ def test_a_full_disk_answers_503_and_the_label_can_be_given_again(desk, monkeypa
     500, and since nothing was stored the same label may be sent again once there is room."""
     import errno
 
-    from mnist_mlops.serving import prediction_log
+    from mnist_mlops.predictions import writer as prediction_log
 
     first, served = _served(desk.log, 2)
     assert desk.give(first, 1, None, "c").status == 200  # the feedback segment exists

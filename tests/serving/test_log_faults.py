@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from mnist_mlops.monitoring.sources import PredictionLogSource
-from mnist_mlops.serving.prediction_log import (
+from mnist_mlops.predictions import (
     PredictionLogWriter,
     new_prediction_id,
     prediction_exists,
@@ -58,7 +58,7 @@ def test_short_writes_on_a_full_disk_leave_only_whole_records(tmp_path):
         f"""
         import json, os, resource
         import numpy as np
-        from mnist_mlops.serving.prediction_log import PredictionLogWriter, new_prediction_id
+        from mnist_mlops.predictions import PredictionLogWriter, new_prediction_id
         writer = PredictionLogWriter({str(tmp_path)!r}, flush_interval_s=60)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
         rng = np.random.default_rng(0)
@@ -90,7 +90,7 @@ def test_feedback_on_a_full_disk_reports_failure_and_leaves_the_log_readable(tmp
         f"""
         import json, resource
         import numpy as np
-        from mnist_mlops.serving.prediction_log import PredictionLogWriter, new_prediction_id
+        from mnist_mlops.predictions import PredictionLogWriter, new_prediction_id
         writer = PredictionLogWriter({str(tmp_path)!r}, flush_interval_s=60)
         ids = [new_prediction_id() for _ in range(3)]
         writer.log_predictions(ids, np.zeros((3, 28, 28), np.uint8),
@@ -181,7 +181,7 @@ _WRITER_PROCESS = """
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from mnist_mlops.serving.prediction_log import PredictionLogWriter, new_prediction_id
+from mnist_mlops.predictions import PredictionLogWriter, new_prediction_id
 log_dir, seed, rounds, per_round = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 writer = PredictionLogWriter(log_dir, max_segment_bytes={segment}, max_total_bytes={budget},
                              flush_interval_s=0.01)
@@ -248,7 +248,7 @@ def test_a_killed_writer_leaves_a_readable_log_that_others_retire(tmp_path, kill
     code = f"""
         import json, os, signal, sys
         import numpy as np
-        from mnist_mlops.serving.prediction_log import PredictionLogWriter, new_prediction_id
+        from mnist_mlops.predictions import PredictionLogWriter, new_prediction_id
         writer = PredictionLogWriter({str(tmp_path)!r}, max_segment_bytes={20 * RECORD},
                                      max_total_bytes={4 * 20 * RECORD}, flush_interval_s=60)
         ids = [new_prediction_id() for _ in range(50)]

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mnist_mlops.serving.prediction_log import (
+from mnist_mlops.predictions import (
     PredictionLogWriter,
     new_prediction_id,
     prediction_exists,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from serving_helpers import live_server, make_settings
 
-from mnist_mlops.serving.prediction_log import read_prediction_log
+from mnist_mlops.predictions import read_prediction_log
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
