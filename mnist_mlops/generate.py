@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.data.preprocess import timed_step
+from mnist_mlops.data.spark_preprocess import timed_step
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR
 from mnist_mlops.data.idx import RawDataError
-from mnist_mlops.data.preprocess import (
+from mnist_mlops.data.spark_preprocess import (
     PreprocessSettings,
     read_raw,
     run_preprocessing,

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from mnist_mlops.data.constants import NUM_CLASSES, SPLITS
 from mnist_mlops.data.deform import DeformSettings, generate_range, generated_ids
 from mnist_mlops.data.manifest import build_manifest, split_content_hash, write_json
-from mnist_mlops.data.preprocess import (
+from mnist_mlops.data.spark_preprocess import (
     _REPRODUCIBLE_PARQUET,
     BASELINE_FILE,
     MANIFEST_FILE,

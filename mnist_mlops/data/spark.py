@@ -136,7 +136,7 @@ def build_class_data_archive() -> Path:
 def _dump_class_data_archive(target: Path) -> None:
     """Run the job's code paths on synthetic data; the JVM writes the archive as it exits."""
     from mnist_mlops.data.idx import write_synthetic_raw
-    from mnist_mlops.data.preprocess import PreprocessSettings, run_preprocessing
+    from mnist_mlops.data.spark_preprocess import PreprocessSettings, run_preprocessing
     from mnist_mlops.data.synthetic import synthetic_digits
 
     options = f"-XX:ArchiveClassesAtExit={target} -XX:+VerifySharedSpaces -Xlog:cds=off"

@@ -1,6 +1,6 @@
 """Reading the Parquet splits written by preprocessing.
 
-Layout contract (written by ``mnist_mlops.data.preprocess``)::
+Layout contract (written by ``mnist_mlops.data.spark_preprocess``)::
 
     <processed_dir>/<split>/part-*.parquet   image_id string, label int8, pixels 784-byte binary
     <processed_dir>/baseline.json            training-set statistics for drift monitoring

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from data_raw_fixtures import SYNTHETIC_GATE_SIZE, SYNTHETIC_VAL_SIZE, synthetic_raw
 
-from mnist_mlops.data.preprocess import PreprocessSettings, run_preprocessing
+from mnist_mlops.data.spark_preprocess import PreprocessSettings, run_preprocessing
 
 
 @pytest.fixture(scope="session")

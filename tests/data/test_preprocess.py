@@ -17,7 +17,7 @@ from data_raw_fixtures import (
     SYNTHETIC_VAL_SIZE,
 )
 
-from mnist_mlops.data import preprocess as job
+from mnist_mlops.data import spark_preprocess as job
 from mnist_mlops.data.baseline import QUANTILES
 from mnist_mlops.data.constants import SPLITS
 from mnist_mlops.data.features import (
@@ -28,7 +28,7 @@ from mnist_mlops.data.features import (
 )
 from mnist_mlops.data.idx import RawDataError, load_raw_mnist
 from mnist_mlops.data.manifest import split_content_hash
-from mnist_mlops.data.preprocess import atomic_directory, class_quotas, run_preprocessing
+from mnist_mlops.data.spark_preprocess import atomic_directory, class_quotas, run_preprocessing
 from mnist_mlops.data.splits import load_split
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnist_mlops.data.preprocess import PreprocessSettings, run_preprocessing
+from mnist_mlops.data.spark_preprocess import PreprocessSettings, run_preprocessing
 from mnist_mlops.data.splits import load_split
 
 TRAIN_HISTOGRAM = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
