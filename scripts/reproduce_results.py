@@ -6,6 +6,8 @@
     python scripts/reproduce_results.py --build-only --results-id 20261127-0500
     python scripts/reproduce_results.py --override trainer.epochs=1 --override ...  # smoke run
     python scripts/reproduce_results.py --snapshot docs/results_rows.json  # re-render saved rows
+    python scripts/reproduce_results.py --records out/results_records.json \
+        --save-rows docs/results_rows.json    # the page from scripts/gpu_results.py's run records
 
 1. One multirun: all eight iterations under ``experiment=report`` (the original regime).
 2. One multirun: ``gap_v8`` under ``experiment=best`` with seeds 1, 2, 3.
@@ -18,6 +20,10 @@
    ``best*`` groups. Statements against a target are worded from the interval, never from the
    mean alone. The rows are also saved as JSON (``--save-rows``) so a page can be re-rendered
    (``--snapshot``) without the MLflow store.
+
+Without MLflow (a lent GPU machine): ``scripts/gpu_results.py`` trains steps 1 and 2 side by side
+with ``logger=json`` and gathers the run records into one file; ``--records`` builds the same table
+from it. Step 3 needs MLflow (its teachers are logged models) and is then reported as not run.
 
 Nothing in the table is typed in by hand except the original report's reference column.
 """
@@ -33,11 +39,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow import MlflowClient
-from omegaconf import OmegaConf
 from scipy import stats
+
+if TYPE_CHECKING:  # imported where used: --snapshot/--records and gpu_results.py need no MLflow
+    from mlflow import MlflowClient
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS = [
@@ -109,6 +116,7 @@ def experiment_of(params: dict[str, str]) -> str:
 def tracking_uri(overrides: list[str]) -> str:
     """The store the runs went to: compose train.yaml with the same overrides."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from mnist_mlops.config import CONFIG_DIR
 
@@ -170,6 +178,78 @@ def summarise(client: MlflowClient, run: Any) -> dict[str, Any]:
         "status": run.info.status,
         "git_commit": tags.get("git_commit", "?"),
     }
+
+
+def summarise_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The table row of one run record written by ``logger=json`` (``scripts/gpu_results.py``).
+
+    *best-epoch val acc* is the selected epoch's own ``val/acc`` (before any recalibration), read
+    from the per-epoch history; the MLflow path's ``val/acc_best`` is the highest ``val/acc``
+    seen, which differs when selection is on ``val/loss``.
+    """
+    history = record.get("history") or []
+    metrics = record.get("metrics") or {}
+    best = record.get("best_epoch")
+    selected = history[best] if isinstance(best, int) and 0 <= best < len(history) else {}
+    epoch_times = [h["epoch_time_s"] for h in history if "epoch_time_s" in h]
+    return {
+        "model": record.get("model", record.get("run_name")),
+        "experiment": experiment_of({"tags": str(record.get("config_tags", []))}),
+        "seed": None if record.get("seed") is None else str(record["seed"]),
+        "params": int(record.get("params_total", 0)),
+        "epochs": len(history),
+        "val_acc_best": selected.get("val/acc"),
+        "val_acc_selected": metrics.get("val/acc_selected"),
+        "test_acc": metrics.get("test/acc"),
+        "test_loss": metrics.get("test/loss"),
+        "final_val_acc": history[-1].get("val/acc") if history else None,
+        "best_epoch": best + 1 if isinstance(best, int) else "-",
+        "epoch_time_s": statistics.mean(epoch_times) if epoch_times else float("nan"),
+        "hardware": record.get("hardware", "?"),
+        "device": record.get("device", "?"),
+        "precision": record.get("precision", "?"),
+        "run_id": str(record.get("run_id", "?")),
+        "status": record.get("status", "?"),
+        "git_commit": record.get("git_commit", "?"),
+    }
+
+
+def records_notes(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Run conditions of a ``gpu_results.py`` batch, from what it recorded about itself."""
+    machine = meta.get("machine") or {}
+    where = machine.get("gpu") or f"{machine.get('cpu_count', '?')}-core CPU"
+    n = meta.get("parallel_runs", len(rows))
+    notes = [
+        f"Run conditions: all {n} runs were started at once by `scripts/gpu_results.py`, as "
+        f"{n} processes sharing one {where} ({machine.get('cpu_count', '?')} CPU cores, "
+        f"{meta.get('threads_per_run', '?')} torch thread(s) per run"
+        f"{', data held in GPU memory' if machine.get('gpu') else ''}), and took "
+        f"{meta.get('wall_s', '?')} s of wall time together. The s/epoch "
+        "column is therefore a run's epoch time while sharing the GPU and the CPU cores with "
+        "the others, not its time alone. Code: commit "
+        f"`{str(meta.get('git_commit', '?'))[:12]}`; data: `dataset_hash` "
+        f"`{str(meta.get('dataset_hash', '?'))[:12]}`; Python {machine.get('python', '?')}, "
+        f"torch {machine.get('torch', '?')}. Each run's record (`logger=json`) holds its "
+        "per-epoch metrics; the rows are in `docs/results_rows.json`.",
+    ]
+    for experiment in ("report", "best"):
+        group = [r for r in rows if r["experiment"] == experiment and r["status"] == "FINISHED"]
+        if group:
+            precisions = sorted({str(r.get("precision", "?")) for r in group})
+            picked = ", ".join(
+                f"{r['model'] if experiment == 'report' else 'seed ' + str(r['seed'])} "
+                f"{r['best_epoch']}/{r['epochs']}"
+                for r in sorted(group, key=_row_order)
+            )
+            notes.append(
+                f"`experiment={experiment}` ({' / '.join(precisions)} forward pass): selected "
+                f"epochs {picked}."
+            )
+    return notes
+
+
+def _row_order(row: dict[str, Any]) -> tuple[int, str]:
+    return (MODELS.index(row["model"]) if row["model"] in MODELS else 99, str(row["seed"]))
 
 
 def pct(value: float | None) -> str:
@@ -355,12 +435,29 @@ PROTOCOL = [
 ]
 
 
+MLFLOW_SOURCE = (
+    "the MLflow runs tagged `results_id={results_id}` (plus any runs named with `--run-id`)"
+)
+RECORDS_SOURCE = (
+    "the run records (`logger=json`) of `scripts/gpu_results.py` batch `results_id={results_id}`"
+)
+DISTILLED_NOT_RUN = (
+    "Not re-run under the current protocol: `experiment=best_distilled` distils from the three "
+    "`experiment=best` models as logged MLflow models (`runs:/` teacher URIs), and these runs "
+    "were made without MLflow. Its earlier numbers (previous protocol: train 55,000, no gate "
+    "split, no re-validation after recalibration) are not comparable with this page and are "
+    "left out; they are in the git history of this file. `python scripts/reproduce_results.py "
+    "--only best` trains the teachers and the distilled students with MLflow."
+)
+
+
 def render(
     rows: list[dict[str, Any]],
     results_id: str,
     notes: list[str] = (),
     n_test: int | None = None,
     banner: list[str] = (),
+    source: str = MLFLOW_SOURCE,
 ) -> str:
     report = sorted(
         (r for r in rows if r["experiment"] == "report"),
@@ -371,8 +468,8 @@ def render(
         "# Results",
         "",
         *(line for paragraph in banner for line in (paragraph, "")),
-        f"Generated by `scripts/reproduce_results.py` from the MLflow runs tagged "
-        f"`results_id={results_id}` (plus any runs named with `--run-id`). Test accuracy and "
+        f"Generated by `scripts/reproduce_results.py` from {source.format(results_id=results_id)}"
+        ". Test accuracy and "
         "loss are measured once per run, on the weights of the epoch selected on the validation "
         "split by `conf/selection/` (highest `val/acc` under `experiment=report`, lowest "
         "`val/loss` under `experiment=best*`) and, for `best*`, BatchNorm-recalibrated. "
@@ -415,6 +512,9 @@ def render(
         ),
     ):
         group = [r for r in rows if r["experiment"] == experiment]
+        if experiment == "best_distilled" and not group:
+            lines += ["", title, "", DISTILLED_NOT_RUN]
+            continue
         lines += ["", title, "", *best_table(group, n_test)]
     lines += [
         "",
@@ -432,8 +532,34 @@ def render(
             "page was built: their columns cover the epochs logged so far, and they have no test "
             "numbers (test runs once, after the last epoch).",
         ]
-    lines += ["", "Reproduce: `python scripts/reproduce_results.py` (see its docstring).", ""]
+    reproduce = (
+        "`python scripts/gpu_results.py --out DIR`, then `python scripts/reproduce_results.py "
+        "--records DIR/results_records.json --save-rows docs/results_rows.json` (see the "
+        "scripts' docstrings)"
+        if source == RECORDS_SOURCE
+        else "`python scripts/reproduce_results.py` (see its docstring)"
+    )
+    lines += ["", f"Reproduce: {reproduce}.", ""]
     return "\n".join(lines)
+
+
+def rows_from_records(
+    path: Path, extra_notes: list[str], include_unfinished: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows and page metadata (a ``--snapshot`` file without its rows) from gathered records."""
+    gathered = json.loads(path.read_text())
+    rows = [summarise_record(r) for r in gathered.get("records", [])]
+    if not include_unfinished:
+        rows = [r for r in rows if r["status"] == "FINISHED"]
+    rows.sort(key=lambda r: (r["experiment"], *_row_order(r)))
+    saved = {
+        "results_id": gathered.get("results_id", path.stem),
+        "test_size": gathered.get("test_size"),
+        "notes": [*records_notes(gathered, rows), *extra_notes],
+        "banner": [],
+        "source": RECORDS_SOURCE,
+    }
+    return rows, saved
 
 
 def main() -> None:
@@ -478,6 +604,12 @@ def main() -> None:
         default=PROJECT_ROOT / "outputs" / "results",
         help="Hydra multirun directories go under <sweep-root>/<results-id>/",
     )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="render from the run records gathered by scripts/gpu_results.py (no MLflow needed)",
+    )
     args = parser.parse_args()
 
     if args.snapshot is not None:
@@ -489,9 +621,26 @@ def main() -> None:
                 [*snapshot.get("notes", []), *args.note],
                 snapshot.get("test_size"),
                 snapshot.get("banner", []),
+                snapshot.get("source", MLFLOW_SOURCE),
             )
         )
         print(f"wrote {args.output} from {len(snapshot['rows'])} saved row(s) in {args.snapshot}")
+        return
+    if args.records is not None:
+        rows, saved = rows_from_records(args.records, args.note, args.include_unfinished)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(
+            render(
+                rows,
+                saved["results_id"],
+                saved["notes"],
+                saved["test_size"],
+                source=RECORDS_SOURCE,
+            )
+        )
+        if args.save_rows is not None:
+            args.save_rows.write_text(json.dumps({**saved, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.output} from {len(rows)} run record(s) in {args.records}")
         return
     if not args.build_only and args.only in (None, "report"):
         multirun(
@@ -501,6 +650,8 @@ def main() -> None:
             args.override,
             args.sweep_root,
         )
+    from mlflow import MlflowClient
+
     client = MlflowClient(tracking_uri=tracking_uri(args.override))
     if not args.build_only and args.only in (None, "best"):
         seeds = f"seed={','.join(map(str, BEST_SEEDS))}"
