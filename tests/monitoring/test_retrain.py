@@ -21,16 +21,17 @@ from hydra import compose, initialize_config_dir
 from mnist_mlops.config import CONFIG_DIR
 from mnist_mlops.data.splits import load_split
 from mnist_mlops.data.synthetic import synthetic_digits
-from mnist_mlops.monitoring.feedback import collect_feedback
-from mnist_mlops.monitoring.lock import RetrainLocked, exclusive_lock
-from mnist_mlops.monitoring.retraining import (
+from mnist_mlops.predictions import PredictionLogWriter
+from mnist_mlops.retraining.cycle import (
     DECISION_TAG,
     RETRAIN_TAG,
     recover_interrupted,
     retrain,
     should_retrain,
 )
-from mnist_mlops.predictions import PredictionLogWriter
+from mnist_mlops.retraining.feedback import collect_feedback
+from mnist_mlops.retraining.lock import RetrainLocked, exclusive_lock
+from mnist_mlops.retraining.settings import RetrainSettings
 from mnist_mlops.tracking.registry import alias_version, register_run_model
 from mnist_mlops.utils.processes import free_port
 
@@ -65,9 +66,12 @@ def _overrides(root: Path, processed: Path, *extra: str) -> list[str]:
     ]
 
 
-def _compose(root: Path, processed: Path, *extra: str):
+def _compose(root: Path, processed: Path, *extra: str) -> RetrainSettings:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("retrain", overrides=_overrides(root, processed, *extra))
+        cfg = compose(
+            "retrain", overrides=_overrides(root, processed, *extra), return_hydra_config=True
+        )
+    return RetrainSettings.from_config(cfg)
 
 
 def _set_champion(client, run_id: str) -> str:
@@ -165,7 +169,7 @@ def test_snapshot_is_logged_to_the_run_as_mlflow_input_datasets(tmp_path: Path) 
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from mnist_mlops.monitoring.feedback import log_snapshot_inputs
+    from mnist_mlops.retraining.feedback import log_snapshot_inputs
 
     _log_predictions(tmp_path / "log", n=60, n_labelled=40)
     snap = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.25, min_eval=5)

@@ -268,7 +268,7 @@ def _labelled_log(log_dir, trusted: int, untrusted: int) -> tuple[list[str], lis
 
 def test_retraining_ignores_untrusted_feedback_by_default(tmp_path):
     from mnist_mlops.data.splits import load_split
-    from mnist_mlops.monitoring.feedback import collect_feedback
+    from mnist_mlops.retraining.feedback import collect_feedback
 
     trusted, untrusted = _labelled_log(tmp_path / "log", trusted=60, untrusted=40)
     snap = collect_feedback(tmp_path / "log", tmp_path / "fb", eval_fraction=0.25, min_eval=5)
@@ -284,7 +284,7 @@ def test_retraining_ignores_untrusted_feedback_by_default(tmp_path):
 
 def test_allowed_untrusted_feedback_is_capped_and_never_gate_evidence(tmp_path):
     from mnist_mlops.data.splits import load_split
-    from mnist_mlops.monitoring.feedback import collect_feedback
+    from mnist_mlops.retraining.feedback import collect_feedback
 
     trusted, untrusted = _labelled_log(tmp_path / "log", trusted=60, untrusted=40)
     snap = collect_feedback(
