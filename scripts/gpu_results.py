@@ -137,6 +137,8 @@ def machine(device: str) -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["gpu_count"] = torch.cuda.device_count()
+        # PyTorch's default: cuDNN convolutions may use TF32 even in trainer.precision=32-true
+        info["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     return info
 
 

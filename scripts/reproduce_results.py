@@ -232,6 +232,12 @@ def records_notes(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]
         f"torch {machine.get('torch', '?')}. Each run's record (`logger=json`) holds its "
         "per-epoch metrics; the rows are in `docs/results_rows.json`.",
     ]
+    if machine.get("cudnn_allow_tf32"):
+        notes.append(
+            "On the GPU, PyTorch's default lets cuDNN run convolutions in TF32 (10-bit mantissa "
+            "inputs, float32 accumulation), so the `32-true` runs below are not bit-for-bit "
+            "float32 convolutions as on a CPU."
+        )
     for experiment in ("report", "best"):
         group = [r for r in rows if r["experiment"] == experiment and r["status"] == "FINISHED"]
         if group:
