@@ -27,11 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mnist_mlops.data.constants import NUM_CLASSES, SPLITS
+from mnist_mlops.data.constants import SPLITS
 from mnist_mlops.data.deform import DeformSettings, generate_range, generated_ids
-from mnist_mlops.data.manifest import build_manifest, split_content_hash, write_json
+from mnist_mlops.data.manifest import (
+    build_manifest,
+    streamed_split_summary,
+    write_json,
+)
 from mnist_mlops.data.spark_preprocess import (
     _REPRODUCIBLE_PARQUET,
     BASELINE_FILE,
@@ -39,7 +42,7 @@ from mnist_mlops.data.spark_preprocess import (
     atomic_directory,
     timed_step,
 )
-from mnist_mlops.data.splits import arrays_to_table, load_split, pixels_to_images
+from mnist_mlops.data.splits import arrays_to_table, load_split
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -180,59 +183,3 @@ def _source_manifest(source_dir: Path) -> dict[str, Any]:
 
 def _source_normalization(source_dir: Path) -> dict[str, float]:
     return _source_manifest(source_dir).get("normalization", {"mean": 0.1307, "std": 0.3081})
-
-
-def streamed_split_summary(directory: Path) -> tuple[int, str, list[int]]:
-    """Rows, :func:`split_content_hash` and label counts of a split, one row group at a time.
-
-    Equal to hashing the loaded split when the rows are already in id order across the sorted
-    part files (the generator's layout); otherwise the split is small (a copied real split) and
-    is loaded whole.
-    """
-    files = sorted(directory.glob("*.parquet"))
-    if not _ids_in_order(files):
-        arrays = load_split(directory)
-        counts = np.bincount(arrays.labels, minlength=NUM_CLASSES).tolist()
-        return len(arrays), split_content_hash(arrays), counts
-    # three streamed blocks, each length-prefixed, exactly as split_content_hash lays them out
-    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
-    digest = hashlib.sha256()
-    for column in ("image_id", "label", "pixels"):
-        size = sum(len(piece) for piece in _column_bytes(files, column))
-        digest.update(size.to_bytes(8, "big"))
-        for piece in _column_bytes(files, column):
-            digest.update(piece)
-    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["label"]):
-            counts += np.bincount(batch.column(0).to_numpy(), minlength=NUM_CLASSES)
-    return rows, digest.hexdigest(), counts.tolist()
-
-
-def _ids_in_order(files: list[Path]) -> bool:
-    """Whether ids increase across the sorted files, checked batch by batch (bounded memory)."""
-    previous = ""
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["image_id"], batch_size=10_000):
-            ids = batch.column(0).to_pylist()
-            if ids and (ids[0] < previous or ids != sorted(ids)):
-                return False
-            previous = ids[-1] if ids else previous
-    return True
-
-
-def _column_bytes(files: list[Path], column: str) -> Iterator[bytes]:
-    """The bytes one column contributes to the content hash, batch by batch."""
-    separator = b""
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=10_000):
-            values = batch.column(0)
-            if not len(values):
-                continue
-            if column == "image_id":  # ids joined by newlines across every batch
-                yield separator + "\n".join(values.to_pylist()).encode("utf-8")
-                separator = b"\n"
-            elif column == "label":
-                yield values.to_numpy().astype(np.int8).tobytes()
-            else:
-                yield pixels_to_images(values).tobytes()

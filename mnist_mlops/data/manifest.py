@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from mnist_mlops.data.splits import MnistArrays
+from mnist_mlops.data.constants import NUM_CLASSES
+from mnist_mlops.data.splits import MnistArrays, load_split, pixels_to_images
 
 MANIFEST_SCHEMA_VERSION = 1
 
@@ -96,3 +99,64 @@ def build_manifest(
         "normalization": normalization,
         "config": path_free(config),
     }
+
+
+def streamed_split_summary(
+    directory: Path, require_order: bool = False
+) -> tuple[int, str, list[int]]:
+    """Rows, :func:`split_content_hash` and label counts of a split, one row group at a time.
+
+    Equal to hashing the loaded split when the rows are already in id order across the sorted
+    part files (the layout of preprocessing and of the generator); otherwise the split is
+    loaded whole (a small copied split), or refused with ``require_order`` (a job whose
+    driver must not hold a split).
+    """
+    files = sorted(directory.glob("*.parquet"))
+    if not _ids_in_order(files):
+        if require_order:
+            raise RuntimeError(f"the rows of {directory} are not in image_id order across files")
+        arrays = load_split(directory)
+        counts = np.bincount(arrays.labels, minlength=NUM_CLASSES).tolist()
+        return len(arrays), split_content_hash(arrays), counts
+    # three streamed blocks, each length-prefixed, exactly as split_content_hash lays them out
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    digest = hashlib.sha256()
+    for column in ("image_id", "label", "pixels"):
+        size = sum(len(piece) for piece in _column_bytes(files, column))
+        digest.update(size.to_bytes(8, "big"))
+        for piece in _column_bytes(files, column):
+            digest.update(piece)
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["label"]):
+            counts += np.bincount(batch.column(0).to_numpy(), minlength=NUM_CLASSES)
+    return rows, digest.hexdigest(), counts.tolist()
+
+
+def _ids_in_order(files: list[Path]) -> bool:
+    """Whether ids increase across the sorted files, checked batch by batch (bounded memory)."""
+    previous = ""
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["image_id"], batch_size=10_000):
+            ids = batch.column(0).to_pylist()
+            if ids and (ids[0] < previous or ids != sorted(ids)):
+                return False
+            previous = ids[-1] if ids else previous
+    return True
+
+
+def _column_bytes(files: list[Path], column: str) -> Iterator[bytes]:
+    """The bytes one column contributes to the content hash, batch by batch."""
+    separator = b""
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=10_000):
+            values = batch.column(0)
+            if not len(values):
+                continue
+            if column == "image_id":  # ids joined by newlines across every batch
+                yield separator + "\n".join(values.to_pylist()).encode("utf-8")
+                separator = b"\n"
+            elif column == "label":
+                yield values.to_numpy().astype(np.int8).tobytes()
+            else:
+                yield pixels_to_images(values).tobytes()

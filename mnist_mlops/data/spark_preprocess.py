@@ -1,18 +1,27 @@
-"""The preprocessing job: raw IDX -> Spark -> train/val/test Parquet, baseline and manifest.
+"""The preprocessing job: raw IDX -> Spark -> train/val/gate/test Parquet, baseline, manifest.
 
-Design (see ``benchmarks/preprocess.py`` for the numbers):
+The driver never holds the images: its memory does not grow with the dataset.
 
-* the driver decodes IDX with numpy and hands Spark one Arrow-backed DataFrame of
-  ``(image_id, label, pixels binary(784), split)``; no Python UDF ever touches a row;
-* two stratified hold-outs of the 60k training images are chosen in Spark: within each label,
+* The driver checks the four files (MD5s, IDX headers) and inflates each ``.gz`` once, in
+  4 MiB pieces, into the staging directory: gzip cannot be read from the middle, a plain IDX
+  file can. Executors then decode byte ranges of it (:mod:`mnist_mlops.data.idx_ranges`):
+  the labels for the split assignment, the pixels for the write.
+* Two stratified hold-outs of the training images are chosen in Spark: within each label,
   rows are ranked by a seeded hash of their id; the first ``val`` quota go to ``val`` (epoch
   selection and recipe decisions), the next ``gate`` quota to ``gate`` (the promotion gate's
-  paired test, read by no other decision). Quotas by largest remainder, so sizes are exact and
-  every class keeps its share; ``test`` stays the untouched 10k for the final report;
-* one Spark write with ``partitionBy("split")`` produces all four splits, at most
-  ``partitions`` files each, into a staging directory next to the target; hashes, baseline
-  and manifest are computed from what was actually written; only then is the staging
-  directory renamed into place, so a failure at any step leaves the previous output intact.
+  paired test, read by no other decision). Quotas by largest remainder over the label counts
+  (a Spark ``groupBy``), so sizes are exact and every class keeps its share; ``test`` stays
+  the untouched 10k for the final report.
+* One Spark write with ``partitionBy("split")`` produces all four splits, at most
+  ``partitions`` files each, into a staging directory next to the target. Rows reach the
+  writer in the tasks and order the former driver-side decode gave them, so the 70k output
+  is byte-identical to it.
+* Content hashes and label counts are streamed from the written files a row group at a time
+  (a sha256 is sequential: one reader, bounded memory); the drift baseline is computed by
+  Spark aggregations over the written train split (:mod:`mnist_mlops.data.spark_baseline`),
+  equal to the in-memory :func:`~mnist_mlops.data.baseline.compute_baseline`. Only then is
+  the staging directory renamed into place, so a failure at any step leaves the previous
+  output intact.
 """
 
 from __future__ import annotations
@@ -31,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from filelock import FileLock
 
-from mnist_mlops.data.baseline import compute_baseline
 from mnist_mlops.data.constants import NUM_CLASSES, SPLITS
-from mnist_mlops.data.idx import RawSplit, load_raw_mnist
-from mnist_mlops.data.manifest import build_manifest, split_content_hash, write_json
-from mnist_mlops.data.splits import arrays_to_table, load_split
+from mnist_mlops.data.idx import RawDataError, ensure_raw_files
+from mnist_mlops.data.idx_ranges import IdxHeader, check_headers, inflate_sources, source_frames
+from mnist_mlops.data.manifest import build_manifest, streamed_split_summary, write_json
+from mnist_mlops.data.spark_baseline import spark_baseline
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -45,6 +54,7 @@ log = logging.getLogger(__name__)
 BASELINE_FILE = "baseline.json"
 MANIFEST_FILE = "manifest.json"
 _SPARK_OUTPUT = "_spark_output"
+_RAW_SCRATCH = "_raw"  # the inflated IDX files, inside staging, removed before publishing
 # parquet-mr lists each column chunk's encodings from a HashSet whose order changes from one
 # JVM to the next, so files differ byte-wise between identical runs (and DVC would see new
 # data). With v2 pages and no dictionary every chunk has exactly one encoding: same rows,
@@ -107,33 +117,6 @@ def class_quotas(label_counts: np.ndarray, val_size: int, key: str = "data.val_s
     order = np.lexsort((np.arange(len(counts)), -remainders))
     quotas[order[:missing]] += 1
     return quotas
-
-
-def image_ids(source: str, n: int) -> list[str]:
-    """Stable ids ``<source>-<index>`` tied to the position in the original IDX file."""
-    return [f"{source}-{i:05d}" for i in range(n)]
-
-
-def source_frame(spark: SparkSession, raw: dict[str, RawSplit]) -> DataFrame:
-    """One DataFrame over both IDX sources; ``split`` starts as the source name."""
-    import pandas as pd
-    from pyspark.sql import types as T
-
-    frames = []
-    for source, data in raw.items():
-        ids = image_ids(source, len(data.labels))
-        frame = arrays_to_table(data.images, data.labels, ids).to_pandas()
-        frame["split"] = source
-        frames.append(frame)
-    schema = T.StructType(
-        [
-            T.StructField("image_id", T.StringType(), False),
-            T.StructField("label", T.ByteType(), False),
-            T.StructField("pixels", T.BinaryType(), False),
-            T.StructField("split", T.StringType(), False),
-        ]
-    )
-    return spark.createDataFrame(pd.concat(frames, ignore_index=True), schema=schema)
 
 
 def assign_splits(
@@ -255,56 +238,100 @@ def _recover_interrupted_swap(target: Path) -> None:
             os.rename(backup, target)
 
 
-def read_raw(settings: PreprocessSettings) -> dict[str, RawSplit]:
-    """Verified, decoded raw sources; done before Spark starts so bad files fail fast."""
-    with timed_step("read_raw", f"reading raw MNIST from {settings.raw_dir}"):
-        return load_raw_mnist(settings.raw_dir, settings.download, settings.verify_checksums)
+@dataclass(frozen=True)
+class RawFiles:
+    """The four raw files, verified, with their parsed IDX headers (no payload read yet)."""
+
+    paths: dict[str, Path]
+    headers: dict[str, tuple[IdxHeader, IdxHeader]]
+
+    @property
+    def n_train(self) -> int:
+        return self.headers["train"][0].shape[0]
+
+    @property
+    def n_images(self) -> int:
+        return sum(images.shape[0] for images, _ in self.headers.values())
+
+
+def read_raw(settings: PreprocessSettings) -> RawFiles:
+    """Verified files and headers; done before Spark starts so bad files fail fast."""
+    with timed_step("read_raw", f"checking raw MNIST in {settings.raw_dir}"):
+        paths = ensure_raw_files(settings.raw_dir, settings.download, settings.verify_checksums)
+        return RawFiles(paths=paths, headers=check_headers(paths))
+
+
+def check_holdouts(settings: PreprocessSettings, n_train: int) -> None:
+    """The hold-out sizes against the training images the header announces (before Spark)."""
+    for key, size in (("data.val_size", settings.val_size), ("data.gate_size", settings.gate_size)):
+        if not 0 < size < n_train:
+            raise ValueError(f"{key}={size} must be between 1 and {n_train - 1} (training images)")
+    if settings.val_size + settings.gate_size >= n_train:
+        raise ValueError(
+            f"data.val_size={settings.val_size} + data.gate_size={settings.gate_size} leave no "
+            f"training images out of {n_train}"
+        )
+
+
+def train_label_counts(keys: DataFrame) -> np.ndarray:
+    """Labels of the training source counted by Spark; a label outside 0..9 is a raw error."""
+    from pyspark.sql import functions as F
+
+    rows = keys.where(F.col("split") == "train").groupBy("label").count().collect()
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for row in rows:
+        if not 0 <= row["label"] < NUM_CLASSES:
+            raise RawDataError(f"train labels: label {row['label']} is outside 0..9")
+        counts[row["label"]] = row["count"]
+    return counts
 
 
 def run_preprocessing(
     spark: SparkSession,
     settings: PreprocessSettings,
     config: dict[str, Any] | None = None,
-    raw: dict[str, RawSplit] | None = None,
+    raw: RawFiles | None = None,
 ) -> dict[str, Any]:
     """Run the whole job; returns the manifest (also written to ``manifest.json``)."""
     processed_dir = Path(settings.processed_dir)
     normalization = {"mean": float(settings.mean), "std": float(settings.std)}
     raw = raw if raw is not None else read_raw(settings)
-    train_counts = np.bincount(raw["train"].labels, minlength=NUM_CLASSES)
-    quotas = class_quotas(train_counts, settings.val_size)
-    gate_quotas = class_quotas(train_counts, settings.gate_size, "data.gate_size")
-    if settings.val_size + settings.gate_size >= len(raw["train"].labels):
-        raise ValueError(
-            f"data.val_size={settings.val_size} + data.gate_size={settings.gate_size} leave no "
-            f"training images out of {len(raw['train'].labels)}"
-        )
+    check_holdouts(settings, raw.n_train)
 
     with atomic_directory(processed_dir) as staging:
-        n_images = sum(len(r.labels) for r in raw.values())
-        with timed_step("spark_split_write", f"Spark: splitting and writing {n_images} images"):
-            frame = assign_splits(
-                source_frame(spark, raw), quotas, settings.split_seed, gate_quotas
-            )
+        scratch = staging / _RAW_SCRATCH
+        with timed_step("inflate", "inflating the IDX files (streamed, for ranged reads)"):
+            sources = inflate_sources(raw.paths, raw.headers, scratch)
+        with timed_step(
+            "spark_split_write", f"Spark: decoding, splitting and writing {raw.n_images} images"
+        ):
+            # the old driver-side decode handed Spark one Arrow batch per arrow_batch_size rows
+            # over defaultParallelism partitions; the same cut gives the same files
+            block_rows = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"))
+            slices = spark.sparkContext.defaultParallelism
+            keys, frame = source_frames(spark, sources, block_rows, slices)
+            counts = train_label_counts(keys)
+            quotas = class_quotas(counts, settings.val_size)
+            gate_quotas = class_quotas(counts, settings.gate_size, "data.gate_size")
+            frame = assign_splits(frame, quotas, settings.split_seed, gate_quotas)
             write_splits(frame, staging, settings.partitions, normalization)
+        shutil.rmtree(scratch)
         splits: dict[str, dict[str, Any]] = {}
-        arrays = {}
-        with timed_step("hash", "hashing the written splits"):
+        with timed_step("hash", "hashing the written splits (streamed)"):
             for split in SPLITS:
-                arrays[split] = load_split(staging / split)
+                rows, digest, label_counts = streamed_split_summary(
+                    staging / split, require_order=True
+                )
                 splits[split] = {
-                    "rows": len(arrays[split]),
+                    "rows": rows,
                     "files": len(list((staging / split).glob("*.parquet"))),
-                    "content_hash": split_content_hash(arrays[split]),
-                    "label_counts": np.bincount(
-                        arrays[split].labels, minlength=NUM_CLASSES
-                    ).tolist(),
+                    "content_hash": digest,
+                    "label_counts": label_counts,
                 }
-        with timed_step("baseline", "computing the drift baseline from the train split"):
-            train = arrays["train"]
-            baseline = compute_baseline(
-                train.images,
-                train.labels,
+        with timed_step("baseline", "Spark: the drift baseline of the train split"):
+            baseline = spark_baseline(
+                spark,
+                staging / "train",
                 splits["train"]["content_hash"],
                 seed=settings.split_seed,
             )

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR
 from mnist_mlops.data.deform import DeformSettings, generate_range
-from mnist_mlops.data.generate import Mnist8mSource, streamed_split_summary
-from mnist_mlops.data.manifest import split_content_hash
+from mnist_mlops.data.generate import Mnist8mSource
+from mnist_mlops.data.manifest import split_content_hash, streamed_split_summary
 from mnist_mlops.data.splits import PARQUET_SCHEMA, load_split
 from mnist_mlops.generate import generate
 

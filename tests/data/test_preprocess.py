@@ -294,7 +294,7 @@ def test_failure_midway_keeps_previous_output(
         written.extend(sorted(p.name for p in staging.iterdir()))
         raise RuntimeError("injected failure after the Spark write")
 
-    monkeypatch.setattr(job, "compute_baseline", failing_baseline)
+    monkeypatch.setattr(job, "spark_baseline", failing_baseline)
     settings = replace(base_settings, processed_dir=str(previous_output), split_seed=3)
     with pytest.raises(RuntimeError, match="injected failure"):
         run_preprocessing(spark_session, settings)
