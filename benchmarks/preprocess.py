@@ -4,9 +4,13 @@
 
 Each variant runs in a fresh subprocess (so every Spark run pays for its own JVM, as
 ``python -m mnist_mlops.preprocess`` does) while the parent samples the resident memory of
-the whole process tree (Python + JVM). Both variants produce the same outputs (train/val/test
-Parquet, baseline.json, manifest.json) from the same verified files, so the ratio compares
-like with like; the "conversion" row compares only decode + split + Parquet write.
+the whole process tree (Python + JVM). Both variants produce the same outputs as
+``python -m mnist_mlops.preprocess`` (train/val/gate/test Parquet with the same per-class
+quotas from ``data.val_size`` and ``data.gate_size``, baseline.json, manifest.json) from the
+same verified files, and the report checks that their rows and label counts per split agree,
+so the ratio compares like with like; the "conversion" row compares only decode + split +
+Parquet write. (Which images land in val and gate differs: Spark ranks by a seeded xxhash64,
+the floor by a seeded numpy permutation.)
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def run_spark(raw_dir: str, out_dir: str, warm: bool) -> dict:
     cfg = compose_config(raw_dir, out_dir)
     if not warm:
         manifest = preprocess(cfg)
-        return {"steps": steps.seconds, "dataset_hash": manifest["dataset_hash"]}
+        return {"steps": steps.seconds, **_written(manifest)}
     from hydra.utils import instantiate
 
     spark = instantiate(cfg.spark)
@@ -69,22 +73,43 @@ def run_spark(raw_dir: str, out_dir: str, warm: bool) -> dict:
     manifest = preprocess(cfg, spark=spark)
     job = time.perf_counter() - start
     spark.stop()
-    return {"steps": steps.seconds, "job_s": job, "dataset_hash": manifest["dataset_hash"]}
+    return {"steps": steps.seconds, "job_s": job, **_written(manifest)}
+
+
+def _written(manifest: dict) -> dict:
+    """What a variant wrote, from its manifest: rows and label counts per split."""
+    return {
+        "dataset_hash": manifest["dataset_hash"],
+        "splits": {
+            name: {"rows": info["rows"], "label_counts": info["label_counts"]}
+            for name, info in manifest["splits"].items()
+        },
+    }
+
+
+def _image_ids(source: str, n: int) -> list[str]:
+    """The real job's ids, ``<source>-<index>`` zero-padded to 5 digits for MNIST."""
+    return [f"{source}-{i:05d}" for i in range(n)]
 
 
 def run_floor(raw_dir: str, out_dir: str) -> dict:
-    """numpy + pyarrow only: decode, the same stratified quotas, Parquet, hashes, baseline."""
+    """numpy + pyarrow only, writing what the real job writes: the four splits with the same
+    stratified val and gate quotas (val first, then gate, from each class's seeded order),
+    Parquet, per-split hashes and label counts, the baseline and the manifest."""
+    from dataclasses import asdict
+
     import numpy as np
     import pyarrow.parquet as pq
 
     from mnist_mlops.data.baseline import compute_baseline
-    from mnist_mlops.data.constants import NUM_CLASSES
+    from mnist_mlops.data.constants import NUM_CLASSES, SPLITS
     from mnist_mlops.data.idx import load_raw_mnist
     from mnist_mlops.data.manifest import build_manifest, split_content_hash, write_json
-    from mnist_mlops.data.preprocess import class_quotas, image_ids
+    from mnist_mlops.data.spark_preprocess import BASELINE_FILE, MANIFEST_FILE, class_quotas
     from mnist_mlops.data.splits import arrays_to_table, load_split
+    from mnist_mlops.preprocess import settings_from_config
 
-    cfg = compose_config(raw_dir, out_dir)
+    settings = settings_from_config(compose_config(raw_dir, out_dir))
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     raw = load_raw_mnist(raw_dir, download=False, verify_checksums=True)
@@ -92,20 +117,30 @@ def run_floor(raw_dir: str, out_dir: str) -> dict:
 
     start = time.perf_counter()
     train = raw["train"]
-    quotas = class_quotas(np.bincount(train.labels, minlength=NUM_CLASSES), cfg.data.val_size)
-    rng = np.random.default_rng(cfg.data.split_seed)
-    is_val = np.zeros(len(train.labels), dtype=bool)
-    for label, quota in enumerate(quotas):
-        is_val[rng.choice(np.flatnonzero(train.labels == label), quota, replace=False)] = True
-    ids = {"train": np.asarray(image_ids("train", len(train.labels))), "test": None}
-    ids["test"] = np.asarray(image_ids("test", len(raw["test"].labels)))
+    counts = np.bincount(train.labels, minlength=NUM_CLASSES)
+    val_quotas = class_quotas(counts, settings.val_size)
+    gate_quotas = class_quotas(counts, settings.gate_size, "data.gate_size")
+    rng = np.random.default_rng(settings.split_seed)
+    split_of = np.full(len(train.labels), "train", dtype=object)
+    for label in range(NUM_CLASSES):
+        order = rng.permutation(np.flatnonzero(train.labels == label))
+        n_val, n_gate = int(val_quotas[label]), int(gate_quotas[label])
+        split_of[order[:n_val]] = "val"
+        split_of[order[n_val : n_val + n_gate]] = "gate"
+    train_ids = np.asarray(_image_ids("train", len(train.labels)))
     parts = {
-        "train": (train.images[~is_val], train.labels[~is_val], ids["train"][~is_val]),
-        "val": (train.images[is_val], train.labels[is_val], ids["train"][is_val]),
-        "test": (raw["test"].images, raw["test"].labels, ids["test"]),
+        name: (
+            train.images[split_of == name],
+            train.labels[split_of == name],
+            train_ids[split_of == name],
+        )
+        for name in ("train", "val", "gate")
     }
+    test = raw["test"]
+    parts["test"] = (test.images, test.labels, np.asarray(_image_ids("test", len(test.labels))))
     out = Path(out_dir)
-    for split, (images, labels, split_ids) in parts.items():
+    for split in SPLITS:
+        images, labels, split_ids = parts[split]
         (out / split).mkdir(parents=True)
         table = arrays_to_table(images, labels, split_ids.tolist())
         pq.write_table(table, out / split / "part-00000.parquet", compression="snappy")
@@ -113,21 +148,28 @@ def run_floor(raw_dir: str, out_dir: str) -> dict:
 
     start = time.perf_counter()
     splits, arrays = {}, {}
-    for split in parts:
+    for split in SPLITS:
         arrays[split] = load_split(out / split)
         splits[split] = {
             "rows": len(arrays[split]),
+            "files": len(list((out / split).glob("*.parquet"))),
             "content_hash": split_content_hash(arrays[split]),
+            "label_counts": np.bincount(arrays[split].labels, minlength=NUM_CLASSES).tolist(),
         }
     seconds["hash"] = time.perf_counter() - start
     start = time.perf_counter()
     baseline = compute_baseline(
-        arrays["train"].images, arrays["train"].labels, splits["train"]["content_hash"], seed=42
+        arrays["train"].images,
+        arrays["train"].labels,
+        splits["train"]["content_hash"],
+        seed=settings.split_seed,
     )
-    baseline_hash = write_json(out / "baseline.json", baseline)
-    write_json(out / "manifest.json", build_manifest(splits, baseline_hash, {}, {}))
+    baseline_hash = write_json(out / BASELINE_FILE, baseline)
+    normalization = {"mean": float(settings.mean), "std": float(settings.std)}
+    manifest = build_manifest(splits, baseline_hash, normalization, {"settings": asdict(settings)})
+    write_json(out / MANIFEST_FILE, manifest)
     seconds["baseline"] = time.perf_counter() - start
-    return {"steps": seconds}
+    return {"steps": seconds, **_written(manifest)}
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -181,11 +223,26 @@ def measure(variant: str, raw_dir: str, workdir: Path) -> dict:
     }
 
 
+def check_same_output(results: dict[str, dict]) -> None:
+    """Every variant wrote the same splits with the same rows and label counts per class."""
+    floor = results["floor"]["splits"]
+    for variant, result in results.items():
+        if result["splits"] != floor:
+            raise SystemExit(
+                f"{variant} and floor wrote different splits: {result['splits']} vs {floor}"
+            )
+    rows = {name: info["rows"] for name, info in floor.items()}
+    print(f"same splits in every variant (rows {rows}, label counts per split equal)")
+
+
 def report(results: dict[str, dict]) -> None:
     spark, floor = results["spark"], results["floor"]
     conversion = {
         "floor": floor["steps"]["read_raw"] + floor["steps"]["split_write"],
-        "spark": spark["steps"]["read_raw"] + spark["steps"]["spark_split_write"],
+        # the job inflates the .gz files before the executors decode them: part of conversion
+        "spark": spark["steps"]["read_raw"]
+        + spark["steps"].get("inflate", 0.0)
+        + spark["steps"]["spark_split_write"],
     }
     after_jvm = spark["wall_s"] - spark["steps"].get("spark_start", 0.0)
     rows = [
@@ -237,8 +294,7 @@ def main() -> None:
         for variant in variants:
             print(f"running {variant} ...", flush=True)
             results[variant] = measure(variant, args.raw_dir, Path(tmp))
-        if results["floor"].get("dataset_hash") is None and "dataset_hash" in results["spark"]:
-            print(f"spark dataset_hash {results['spark']['dataset_hash'][:16]}")
+        check_same_output(results)
         report(results)
 
 
