@@ -2,13 +2,15 @@
 
 Spark preprocessing of the real IDX files -> train gap_v8 -> register (the gate's first-champion
 floor) -> ``python -m mnist_mlops.serve`` (uvicorn, 2 workers, over HTTP) -> real test digits
-posted as PNG and as JSON -> drift on the prediction log: no alert -> rotated, inverted and
-noise images -> drift alerts -> trusted feedback labels -> ``retrain trigger=drift`` -> the gate
-promotes a better challenger and the running server serves it without a restart -> a
-deliberately worse challenger is rejected and production is untouched.
+posted as PNG and as JSON -> drift on the prediction log: no alert -> rotated, inverted, noisy
+digits and real Fashion-MNIST images -> drift alerts -> trusted feedback labels ->
+``retrain trigger=drift`` -> the gate promotes a better challenger and the running server serves
+it without a restart -> a deliberately worse challenger is rejected and production is untouched.
 
 Every step is a real entrypoint in its own process, against one project directory. Training is
 shortened (one epoch, fewer batches) to fit CI on 2 cores; nothing is replaced by a stand-in.
+Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` (``.ci/run`` installs it); without
+it the test fails, naming the package.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pytest
 from PIL import Image
 
 from mnist_mlops.data.splits import MnistArrays, load_split
-from mnist_mlops.monitoring.shifts import gaussian_noise, invert, rotate
+from mnist_mlops.monitoring.shifts import fashion_mnist_images, gaussian_noise, invert, rotate
 from mnist_mlops.utils.processes import free_port, stop_process_group, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -44,7 +46,7 @@ CHALLENGER_TRAINING = ["trainer.epochs=1", "trainer.limit_train_batches=250"]
 # A deliberately worse challenger: it never learns anything (learning rate 0).
 WORSE_TRAINING = ["trainer.epochs=1", "trainer.limit_train_batches=5", "model.optimizer.lr=0.0"]
 N_CLEAN = 300  # real test digits, half as PNG and half as JSON
-N_PER_SHIFT = 100  # rotated, inverted, noisy
+N_PER_SHIFT = 100  # rotated, inverted, noisy digits; Fashion-MNIST images
 STEP_TIMEOUT_S = 900
 
 
@@ -172,6 +174,8 @@ def _pick(arrays: MnistArrays, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def test_closed_loop_on_the_default_model(project: Project, request) -> None:
+    # first, so a machine without the package fails in seconds, not after training
+    fashion = fashion_mnist_images()
     # ---- 1. real Spark preprocessing of the real IDX files ----------------------------------
     project.run("preprocess", "mnist_mlops.preprocess")
     processed = project.root / "data" / "processed"
@@ -233,34 +237,41 @@ def test_closed_loop_on_the_default_model(project: Project, request) -> None:
         assert clean_report["window"]["n_images"] == N_CLEAN
         assert not (project.root / "reports" / "drift" / "DRIFT_ALERT.json").exists()
 
-        # ---- 6. rotated, inverted and noisy digits: drift alerts -----------------------------
+        # ---- 6. rotated, inverted, noisy digits and Fashion-MNIST: drift alerts --------------
         shift_rng = np.random.default_rng(1)
         base_images, base_labels = _pick(test, order[N_CLEAN : N_CLEAN + 3 * N_PER_SHIFT])
-        parts = np.split(np.arange(3 * N_PER_SHIFT), 3)
+        parts = np.split(np.arange(4 * N_PER_SHIFT), 4)
         shifted_images = np.concatenate(
             [
                 rotate(45)(base_images[parts[0]], shift_rng),
                 invert()(base_images[parts[1]], shift_rng),
                 gaussian_noise(80.0)(base_images[parts[2]], shift_rng),
+                fashion[shift_rng.choice(len(fashion), N_PER_SHIFT, replace=False)],
             ]
         )
+        # Fashion-MNIST has no digit label: a placeholder the feedback step never sends
+        base_labels = np.concatenate([base_labels, np.full(N_PER_SHIFT, -1, np.int64)])
         mix = shift_rng.permutation(len(shifted_images))  # arrive interleaved, as traffic would
         shifted = [_predict(http, shifted_images[i], as_png=False) for i in mix]
         shifted_labels = base_labels[mix]
-        out = project.run("drift shifted", "mnist_mlops.drift", *drift, ok=(0, 10, 20))
+        # the window is exactly the shifted traffic
+        drift_shifted = ["source=prediction_log", f"source.last_n={len(shifted)}"]
+        out = project.run("drift shifted", "mnist_mlops.drift", *drift_shifted, ok=(0, 10, 20))
         shifted_report = project.read_json("reports/drift/drift_report.json")
         assert project.last_returncode == 20, (shifted_report["status"], out[-3000:])
+        assert shifted_report["window"]["n_images"] == len(shifted)
         assert (project.root / "reports" / "drift" / "DRIFT_ALERT.json").is_file()
 
         # ---- 7. users label what they got, with the prediction's feedback token --------------
         labelled = [(p, int(y)) for p, y in zip(clean, clean_labels, strict=True)]
-        # the rotated and inverted ones are still digits; pure noise gets no label
-        noisy = set(parts[2])
+        # the rotated and inverted ones are still digits; noise and clothes get no label
+        not_digits = set(parts[2]) | set(parts[3])
         labelled += [
             (p, int(y))
             for p, y, i in zip(shifted, shifted_labels, mix, strict=True)
-            if i not in noisy
+            if i not in not_digits
         ]
+        assert all(0 <= label <= 9 for _, label in labelled)
         start = time.monotonic()
         for prediction, label in labelled:
             answer = http.post(
