@@ -35,7 +35,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mnist_mlops.utils.processes import free_port, stop_process_group, wait_for_http
+# the process helpers are test support (tests/support/), not part of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.processes import free_port, stop_process_group, wait_for_http  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -45,7 +45,9 @@ import numpy as np  # noqa: E402
 from PIL import Image
 from serving import PYTHON, ROOT, _test_digits, standin_store
 
-from mnist_mlops.utils.processes import free_port, stop_process_group, wait_for_http
+# the process helpers are test support (tests/support/), not part of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.processes import free_port, stop_process_group, wait_for_http  # noqa: E402
 
 MIB = 1024**2
 OVERSIZED = ("json_too_big", "feedback_too_big")

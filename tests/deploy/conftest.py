@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from deploy_helpers import RUN_AS, Postgres, _as_cluster_user, postgres_bin_dir, require
-
-from mnist_mlops.utils.processes import free_port
+from support.processes import free_port
 
 
 @pytest.fixture

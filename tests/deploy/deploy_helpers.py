@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from mnist_mlops.utils.processes import stop_process_group, wait_for_http
+from support.processes import stop_process_group, wait_for_http
 
 BIN = Path(sys.executable).parent
 RUN_AS = "nobody"

@@ -28,11 +28,11 @@ from deploy_helpers import mlflow_server, require
 from mlflow import MlflowClient
 from model_standins import log_standin, train_standin
 from omegaconf import OmegaConf
+from support.processes import free_port
 
 from mnist_mlops.data.idx import load_raw_mnist
 from mnist_mlops.data.splits import arrays_to_table
 from mnist_mlops.tracking.registry import alias_version
-from mnist_mlops.utils.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING_IMAGE = os.environ.get("MNIST_SERVING_IMAGE", "mnist-mlops-serving:ci")

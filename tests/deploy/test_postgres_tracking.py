@@ -20,10 +20,10 @@ import mlflow
 import pytest
 from deploy_helpers import mlflow_server
 from mlflow import MlflowClient
+from support.processes import free_port, stop_process_group, wait_for_http
 
 from mnist_mlops.data.splits import load_split
 from mnist_mlops.tracking.registry import alias_version
-from mnist_mlops.utils.processes import free_port, stop_process_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "mnist-classifier"

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from support.processes import free_port
 
 from mnist_mlops.config import CONFIG_DIR
 from mnist_mlops.data.splits import load_split
@@ -33,7 +34,6 @@ from mnist_mlops.retraining.feedback import collect_feedback
 from mnist_mlops.retraining.lock import RetrainLocked, exclusive_lock
 from mnist_mlops.retraining.settings import RetrainSettings
 from mnist_mlops.tracking.registry import alias_version, register_run_model
-from mnist_mlops.utils.processes import free_port
 
 MODEL = "mnist-classifier"
 # a LeNet that learns the synthetic digits in seconds, and one that barely trains at all

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 from model_standins import client_for, registry_config
+from support.processes import free_port
 
 from mnist_mlops.data.splits import load_split
 from mnist_mlops.serving.app import create_app
 from mnist_mlops.serving.settings import ServingSettings
 from mnist_mlops.tracking.registry import promote_if_better, register_run_model
-from mnist_mlops.utils.processes import free_port
 
 ADMIN_TOKEN = "test-admin-token"
 

@@ -289,7 +289,7 @@ def test_a_killed_writer_leaves_a_readable_log_that_others_retire(tmp_path, kill
 
 def _serve(tmp_path: Path, name: str, store: Path, log_dir: Path, workers: int, **limits):
     """Start ``python -m mnist_mlops.serve`` (its own process group); returns (process, url)."""
-    from mnist_mlops.utils.processes import free_port
+    from support.processes import free_port
 
     port = free_port()
     args = [
@@ -326,8 +326,7 @@ def test_two_servers_one_with_two_workers_share_a_folder_over_budget(production_
     segments (31 of 31 lost); now B retires only its own, every prediction A answered is in
     the log, nothing is damaged, and /metrics shows B's rotation and no loss."""
     import httpx
-
-    from mnist_mlops.utils.processes import stop_process_group, wait_for_http
+    from support.processes import stop_process_group, wait_for_http
 
     segment, budget = 60_000, 600_000
     log_dir = tmp_path / "predictions"

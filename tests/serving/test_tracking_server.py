@@ -18,10 +18,10 @@ import mlflow
 import pytest
 from model_standins import log_standin, train_standin
 from omegaconf import OmegaConf
+from support.processes import free_port, stop_process_group, wait_for_http
 
 from mnist_mlops.register import register
 from mnist_mlops.tracking.registry import alias_version
-from mnist_mlops.utils.processes import free_port, stop_process_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -2,7 +2,8 @@
 (``mlflow server``, ``mlflow models serve``, ``python -m mnist_mlops.serve``): picking a port,
 waiting until the server answers, and stopping it with every process it forked, in one place.
 
-Standard library only (no httpx), so the package does not depend on a dev-only client.
+Test support, not part of the package (tests import ``support.processes``, benchmarks
+``tests.support.processes``). Standard library only, so a benchmark needs no test client.
 """
 
 from __future__ import annotations
