@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from mnist_mlops.config import CONFIG_DIR
 from mnist_mlops.data.spark_preprocess import timed_step
+from mnist_mlops.exit_codes import bad_input_exits
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ def generate(cfg: DictConfig, spark=None) -> dict:  # noqa: ANN001 - SparkSessio
 
 @hydra.main(config_path=CONFIG_DIR, config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with bad_input_exits("generate"):  # a bad config value: say which, no traceback
         manifest = generate(cfg)
-    except ValueError as err:  # bad config value: say which, no trace
-        raise SystemExit(f"generate: {err}") from err
     log.info("dataset_hash=%s", manifest["dataset_hash"])
 
 

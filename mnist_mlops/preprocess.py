@@ -21,6 +21,7 @@ from mnist_mlops.data.spark_preprocess import (
     run_preprocessing,
     timed_step,
 )
+from mnist_mlops.exit_codes import bad_input_exits
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -82,10 +83,8 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> dict[str, 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with bad_input_exits("preprocess", extra=(RawDataError,)):  # a bad value or raw file
         manifest = preprocess(cfg)
-    except (ValueError, RawDataError) as err:  # bad config value or raw file: say which, no trace
-        raise SystemExit(f"preprocess: {err}") from err
     log.info("dataset_hash=%s", manifest["dataset_hash"])
 
 

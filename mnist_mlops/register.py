@@ -14,23 +14,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.data.splits import load_split
-from mnist_mlops.tracking.registry import (
-    MODEL_ARTIFACT,
-    PromotionDecision,
-    load_logged_model,
-    promote_if_better,
-    refuse_debug_run,
-    register_run_model,
-    select_best_run,
-    write_report,
-)
-from mnist_mlops.tracking.setup import configure_mlflow
+from mnist_mlops.exit_codes import bad_input_exits
+
+if TYPE_CHECKING:  # MLflow loads inside register(): --help answers without it
+    from mnist_mlops.tracking.registry import PromotionDecision
 
 _log = logging.getLogger(__name__)
 
@@ -46,6 +39,18 @@ def _run_id_from_file(path: str | None) -> str | None:
 
 def register(cfg: DictConfig, run_id: str | None = None) -> PromotionDecision:
     """Register the chosen run's model, stage it, gate it, and write the decision report."""
+    from mnist_mlops.data.splits import load_split
+    from mnist_mlops.tracking.registry import (
+        MODEL_ARTIFACT,
+        load_logged_model,
+        promote_if_better,
+        refuse_debug_run,
+        register_run_model,
+        select_best_run,
+        write_report,
+    )
+    from mnist_mlops.tracking.setup import configure_mlflow
+
     client = configure_mlflow(cfg.registry)
     run_id = run_id or cfg.get("run_id") or _run_id_from_file(cfg.get("run_file"))
     if run_id:
@@ -69,10 +74,8 @@ def register(cfg: DictConfig, run_id: str | None = None) -> PromotionDecision:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="register", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with bad_input_exits("register"):  # a refused or missing run: say why, no traceback
         decision = register(cfg)
-    except (ValueError, LookupError) as err:  # a refused or missing run: say why, no traceback
-        raise SystemExit(f"register: {err}") from err
     verdict = "PROMOTED to production" if decision.promoted else "not promoted"
     print(
         f"{decision.model_name} v{decision.challenger_version}: {verdict}: {decision.reason}"

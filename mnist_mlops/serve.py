@@ -18,14 +18,18 @@ import tempfile
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hydra
-import uvicorn
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.serving.settings import SETTINGS_ENV_VAR, settings_from_mapping
+from mnist_mlops.exit_codes import bad_input_exits
 
 
 def serve(cfg: DictConfig) -> None:
+    """Validate the serving settings, hand them to the workers, and run uvicorn until stopped."""
+    import uvicorn  # the server stack loads after Hydra has read argv (--help stays quick)
+
+    from mnist_mlops.serving.settings import SETTINGS_ENV_VAR, settings_from_mapping
+
     settings = settings_from_mapping(OmegaConf.to_container(cfg.serving, resolve=True))
     os.environ[SETTINGS_ENV_VAR] = json.dumps(settings.model_dump())
     workers = int(cfg.server.workers)
@@ -50,7 +54,8 @@ def serve(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    serve(cfg)
+    with bad_input_exits("serve"):  # a bad setting: named on one line, exit 1
+        serve(cfg)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
     python -m mnist_mlops.train -m hparams_search=optuna         # Optuna sweep (own plugin)
 
 ``train(cfg)`` runs in-process (tests, sweeps) and returns the final metrics plus ``run_id``;
-``main()`` returns ``cfg.optimized_metric`` for sweepers.
+``main()`` returns ``cfg.optimized_metric`` for sweepers. torch and MLflow are imported inside
+the functions, so ``--help`` and ``--cfg`` answer before they load.
 """
 
 from __future__ import annotations
@@ -19,22 +20,26 @@ import signal
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.training.callbacks import Callback, TrainingInterrupted
-from mnist_mlops.training.datamodule import MnistDataModule
-from mnist_mlops.training.trainer import seed_everything
+from mnist_mlops.config import CONFIG_DIR, resolved_once
+from mnist_mlops.exit_codes import bad_input_exits
+
+if TYPE_CHECKING:
+    from mnist_mlops.training.callbacks import Callback
+    from mnist_mlops.training.datamodule import MnistDataModule
 
 log = logging.getLogger(__name__)
 
 
 def build_datamodule(data_cfg: DictConfig, seed: int) -> MnistDataModule:
     """The data module from the ``data`` group's loader keys."""
+    from mnist_mlops.training.datamodule import MnistDataModule
+
     augmentation = instantiate(data_cfg.augmentation) if data_cfg.get("augmentation") else None
     if data_cfg.get("streaming"):  # opt-in: train split streamed in row groups (streaming.py)
         from mnist_mlops.training.streaming import StreamingDataModule
@@ -80,6 +85,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]
 
     ``callbacks`` are added to the configured ones (benchmarks, notebooks).
     """
+    from mnist_mlops.training.trainer import seed_everything
+
     _check_model_config(cfg)
     seed_everything(int(cfg.seed))
     module = instantiate(cfg.model)
@@ -139,17 +146,31 @@ _signalled: list[int] = []  # signals received by this process (a multirun runs 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     """`kill`/a scheduler ending the job: unwind so the MLflow run is closed as KILLED."""
+    from mnist_mlops.training.callbacks import TrainingInterrupted  # loaded by main() already
+
     _signalled.append(signum)
     raise TrainingInterrupted(f"stopped by signal {signum}")
 
 
+def _single_run() -> bool:
+    """True unless Hydra runs this job as one of a multirun (whose sweeper handles failures)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from mnist_mlops.training.callbacks import TrainingInterrupted
+
     if _signalled:  # Hydra's launcher goes on to the next job of a sweep; a kill means stop
         raise TrainingInterrupted(f"not started: this process got signal {_signalled[0]}")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = train(cfg)
+    log.info("config:\n%s", OmegaConf.to_yaml(resolved_once(cfg)))  # each group once
+    # a bad value: one line and exit 1 (a sweep's trials fail through Hydra instead)
+    with bad_input_exits("train") if _single_run() else nullcontext():
+        metrics = train(cfg)
     name = cfg.get("optimized_metric")
     return metric_value(metrics, name) if name else None
 

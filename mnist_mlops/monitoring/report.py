@@ -19,16 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from mnist_mlops.exit_codes import ExitCode
 from mnist_mlops.monitoring.detectors import Finding, Status
 
 
 class DriftExit(IntEnum):
-    """Exit codes of ``python -m mnist_mlops.drift`` (1 stays "crashed / bad config")."""
+    """Exit codes of ``python -m mnist_mlops.drift``: rows of the one table (``exit_codes``)."""
 
-    OK = 0
-    WARN = 10
-    ALERT = 20
-    NOT_ENOUGH_DATA = 30
+    OK = ExitCode.OK
+    WARN = ExitCode.DRIFT_WARN
+    ALERT = ExitCode.DRIFT_ALERT
+    NOT_ENOUGH_DATA = ExitCode.NOT_ENOUGH_DATA
 
 
 NOT_ENOUGH_DATA = "not_enough_data"

@@ -1,0 +1,113 @@
+"""Every ``python -m mnist_mlops.<entry>``: quick ``--help``, its own groups, one exit-code table.
+
+The entrypoints are thin Hydra shells; these tests pin what they share: ``--help`` answers before
+torch, MLflow or Spark load, lists only the groups that entry composes, and every exit code comes
+from :mod:`mnist_mlops.exit_codes`, the table the README repeats.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mnist_mlops.config import PROJECT_ROOT
+from mnist_mlops.exit_codes import ExitCode
+
+ENTRYPOINTS = [
+    "preprocess",
+    "generate",
+    "train",
+    "evaluate",
+    "register",
+    "serve",
+    "drift",
+    "retrain",
+]
+HEAVY = ("torch", "mlflow", "pyspark")
+
+# runs the entry's module as __main__ with --help, then reports which heavy packages it loaded
+_HELP_PROBE = """
+import runpy, sys
+sys.argv = [{entry!r}, "--help"]
+code = 0
+try:
+    runpy.run_module("mnist_mlops.{entry}", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code or 0
+print("LOADED=" + ",".join(m for m in {heavy!r} if m in sys.modules))
+sys.exit(code)
+"""
+
+
+def _help(entry: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE.format(entry=entry, heavy=HEAVY)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done, time.perf_counter() - started
+
+
+def _groups_listed(help_text: str) -> set[str]:
+    block = help_text.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^([\w/]+): ", block, flags=re.MULTILINE)}
+
+
+@pytest.mark.parametrize("entry", ENTRYPOINTS)
+def test_help_answers_before_torch_mlflow_or_spark_load(entry: str) -> None:
+    done, seconds = _help(entry)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED=\n" in done.stdout, f"{entry} --help imported: {done.stdout.splitlines()[-1]}"
+    assert f"{entry} is powered by Hydra" in done.stdout
+    print(f"{entry} --help: {seconds:.2f} s")  # the benchmark number (-s shows it)
+
+
+def test_help_lists_only_the_groups_the_entry_composes() -> None:
+    register, _ = _help("register")
+    train, _ = _help("train")
+    assert _groups_listed(register.stdout) == {"data", "paths", "registry", "selection"}
+    assert {"model", "backend", "trainer", "logger", "experiment"} <= _groups_listed(train.stdout)
+    assert "source" not in _groups_listed(train.stdout)  # a drift group
+
+
+def test_exit_code_table_is_the_one_the_readme_and_drift_use() -> None:
+    from mnist_mlops.monitoring.report import DriftExit
+    from mnist_mlops.retrain import EXIT_LOCKED
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(\d+)` \| `(\w+)` \|", readme, flags=re.MULTILINE))
+    assert table == {str(int(code)): code.name for code in ExitCode}
+    assert {int(code) for code in DriftExit} <= {int(code) for code in ExitCode}
+    assert DriftExit.ALERT == ExitCode.DRIFT_ALERT and EXIT_LOCKED == ExitCode.LOCKED
+
+
+def test_a_bad_value_is_one_line_naming_it_and_exit_failed(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "run.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_mlops.evaluate",
+            f"run_file={missing}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            f"output_dir={tmp_path / 'eval'}",
+            f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == ExitCode.FAILED
+    lines = [line for line in done.stderr.splitlines() if line.startswith("evaluate: ")]
+    assert len(lines) == 1 and str(missing) in lines[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "eval" / "metrics.json").exists()
