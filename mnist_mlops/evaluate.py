@@ -16,20 +16,17 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import mlflow
-import numpy as np
-import torch
 from omegaconf import DictConfig
-from torch.nn import functional as F
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.data.splits import load_split, split_dir
-from mnist_mlops.tracking.mlflow_logger import MODEL_ARTIFACT
-from mnist_mlops.tracking.plots import per_class_accuracy, plot_confusion_matrix
-from mnist_mlops.tracking.setup import configure_mlflow
+from mnist_mlops.exit_codes import bad_input_exits
+
+if TYPE_CHECKING:  # torch and MLflow load inside the functions: --help answers without them
+    import numpy as np
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +48,32 @@ def evaluate_model(
     model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int
 ) -> dict[str, Any]:
     """Accuracy, mean NLL and the confusion matrix of a served-contract model."""
-    predictions, losses = [], []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            x = torch.from_numpy(images[start : start + batch_size]).float().div_(255).unsqueeze(1)
-            y = torch.from_numpy(labels[start : start + batch_size])
-            log_probs = model(x)
-            losses.append(F.nll_loss(log_probs, y, reduction="sum").item())
-            predictions.append(log_probs.argmax(dim=1).numpy())
-    predicted = np.concatenate(predictions)
+    import numpy as np
+
+    from mnist_mlops.models.scoring import score_images
+
+    scores = score_images(model, images, batch_size, labels=labels)
+    predicted = scores.predicted
     confusion = np.zeros((10, 10), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     return {
         "acc": float((predicted == labels).mean()),
-        "loss": float(sum(losses) / len(labels)),
+        "loss": float(scores.nll_sum / len(labels)),
         "confusion": confusion,
         "predicted": predicted,
     }
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Score the run named in ``cfg.run_file`` on ``cfg.split``; write and log the metrics."""
+    import mlflow
+
+    from mnist_mlops.data.splits import load_split, split_dir
+    from mnist_mlops.models.inference import MODEL_ARTIFACT
+    from mnist_mlops.tracking.plots import per_class_accuracy, plot_confusion_matrix
+    from mnist_mlops.tracking.setup import configure_mlflow
+    from mnist_mlops.utils.atomic import atomic_open, atomic_write_json
+
     configure_mlflow(cfg.registry)
     run_id = read_run_id(Path(cfg.run_file))
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", map_location="cpu")
@@ -87,8 +89,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "loss": result["loss"],
         "per_class_acc": per_class_accuracy(result["confusion"]),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with (out / "confusion.csv").open("w", newline="") as handle:
+    atomic_write_json(out / "metrics.json", metrics)
+    with atomic_open(out / "confusion.csv", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["actual", "predicted"])
         writer.writerows(zip(data.labels.tolist(), result["predicted"].tolist(), strict=True))
@@ -102,7 +104,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with bad_input_exits("evaluate"):
+        run(cfg)
 
 
 if __name__ == "__main__":

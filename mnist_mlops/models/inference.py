@@ -24,6 +24,9 @@ from torch import nn
 
 from mnist_mlops.data.constants import MNIST_MEAN, MNIST_STD
 
+# The artifact path a training run logs its InferenceModel under: ``runs:/<run_id>/model``.
+MODEL_ARTIFACT = "model"
+
 
 @runtime_checkable
 class FeatureNetwork(Protocol):

@@ -13,11 +13,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from mnist_mlops.data.features import as_unit_float
+from mnist_mlops.models.scoring import score_images
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +47,11 @@ class ModelProbe:
         except TypeError as err:  # e.g. an InferenceModel around a net without features()
             raise ModelContractError(f"{self.uri}: {err}") from err
 
-    @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities float32 (N, 10), penultimate embeddings float32 (N, D))."""
-        self.model.eval()
-        x = as_unit_float(images)
-        probs: list[np.ndarray] = []
-        embeddings: list[np.ndarray] = []
-        for start in range(0, len(x), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size]))
-            embedding, log_probs = self.model.embed_and_predict(batch.unsqueeze(1))
-            probs.append(torch.exp(log_probs).float().numpy())
-            embeddings.append(embedding.float().numpy())
-        if not probs:
-            return np.empty((0, 10), np.float32), np.empty((0, 0), np.float32)
-        return np.concatenate(probs), np.concatenate(embeddings)
+        scores = score_images(self.model, images, self.batch_size, embeddings=True)
+        assert scores.embeddings is not None
+        return scores.probabilities, scores.embeddings
 
 
 def load_registered_model(model_uri: str, client: MlflowClient) -> ModelProbe:

@@ -22,10 +22,7 @@ back to the last gated champion and never to an ungated run.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -46,9 +43,11 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
 from mnist_mlops.data.splits import MnistArrays
+from mnist_mlops.models.inference import MODEL_ARTIFACT
+from mnist_mlops.models.scoring import score_images
+from mnist_mlops.utils.atomic import atomic_write_json
 
 _log = logging.getLogger(__name__)
-MODEL_ARTIFACT = "model"
 TAG_PREFIX = "promotion."
 # the run tag the debug/ config group sets; such runs never reach the registry
 DEBUG_TAG = "debug"
@@ -222,17 +221,8 @@ def predict_correct(
     model: torch.nn.Module, arrays: MnistArrays, batch_size: int = 2048
 ) -> tuple[np.ndarray, float]:
     """Per-image correctness (bool, in ``arrays`` order) and summed NLL of a served model."""
-    correct = np.zeros(len(arrays), dtype=bool)
-    loss_sum = 0.0
-    labels = torch.from_numpy(np.asarray(arrays.labels, dtype=np.int64))
-    with torch.inference_mode():
-        for start in range(0, len(arrays), batch_size):
-            chunk = torch.from_numpy(arrays.images[start : start + batch_size]).float() / 255.0
-            log_probs = model(chunk.unsqueeze(1))
-            target = labels[start : start + batch_size]
-            correct[start : start + len(target)] = (log_probs.argmax(dim=1) == target).numpy()
-            loss_sum += float(torch.nn.functional.nll_loss(log_probs, target, reduction="sum"))
-    return correct, loss_sum
+    scores = score_images(model, arrays.images, batch_size, labels=arrays.labels)
+    return scores.predicted == np.asarray(arrays.labels), float(scores.nll_sum or 0.0)
 
 
 def score_model(model: torch.nn.Module, arrays: MnistArrays, batch_size: int = 2048) -> dict:
@@ -439,11 +429,4 @@ def _write_decision_tags(client: MlflowClient, decision: PromotionDecision) -> N
 
 def write_report(decision: PromotionDecision, path: str | Path) -> Path:
     """Write the decision as JSON atomically (a reader never sees half a report)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(decision.to_dict(), handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, decision.to_dict(), sort_keys=True)
