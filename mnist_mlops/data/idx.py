@@ -1,8 +1,8 @@
 """The raw MNIST IDX files: locate, verify, download when missing, decode to numpy.
 
-Decoding happens on the driver with numpy (a 47 MB buffer, well under a second) because the
-IDX format is a fixed-size header plus one flat uint8 array: there is nothing for Spark to
-parallelise, and shipping raw bytes to the JVM first would only add a copy.
+:func:`read_idx` decodes a whole file with numpy (tests, benchmarks, small tools). The
+preprocessing job does not: it checks headers here and has the executors read byte ranges
+(:mod:`mnist_mlops.data.idx_ranges`), so the driver's memory does not grow with the files.
 """
 
 from __future__ import annotations

@@ -40,9 +40,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from filelock import FileLock
 
-from mnist_mlops.data.constants import NUM_CLASSES, SPLITS
+from mnist_mlops.data.constants import MNIST_MEAN, MNIST_STD, NUM_CLASSES, SPLITS
 from mnist_mlops.data.idx import RawDataError, ensure_raw_files
-from mnist_mlops.data.idx_ranges import IdxHeader, check_headers, inflate_sources, source_frames
+from mnist_mlops.data.idx_ranges import (
+    IdxHeader,
+    IdxSource,
+    check_headers,
+    inflate_sources,
+    source_frames,
+)
 from mnist_mlops.data.manifest import build_manifest, streamed_split_summary, write_json
 from mnist_mlops.data.spark_baseline import spark_baseline
 
@@ -74,8 +80,8 @@ class PreprocessSettings:
     gate_size: int = 5000
     split_seed: int = 42
     partitions: int = 2
-    mean: float = 0.1307
-    std: float = 0.3081
+    mean: float = MNIST_MEAN
+    std: float = MNIST_STD
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -117,6 +123,12 @@ def class_quotas(label_counts: np.ndarray, val_size: int, key: str = "data.val_s
     order = np.lexsort((np.arange(len(counts)), -remainders))
     quotas[order[:missing]] += 1
     return quotas
+
+
+def image_ids(source: str, n: int) -> list[str]:
+    """Stable ids ``<source>-<index>`` tied to the position in the original IDX file (what the
+    executors write: :meth:`~mnist_mlops.data.idx_ranges.IdxSource.image_ids`)."""
+    return IdxSource(source, "", 0, "", 0, n).image_ids(0, n)
 
 
 def assign_splits(
