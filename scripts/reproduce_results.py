@@ -214,7 +214,9 @@ def summarise_record(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def records_notes(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def records_notes(
+    meta: dict[str, Any], rows: list[dict[str, Any]], records_path: str = "the records file"
+) -> list[str]:
     """Run conditions of a ``gpu_results.py`` batch, from what it recorded about itself."""
     machine = meta.get("machine") or {}
     where = machine.get("gpu") or f"{machine.get('cpu_count', '?')}-core CPU"
@@ -229,8 +231,8 @@ def records_notes(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]
         "the others, not its time alone. Code: commit "
         f"`{str(meta.get('git_commit', '?'))[:12]}`; data: `dataset_hash` "
         f"`{str(meta.get('dataset_hash', '?'))[:12]}`; Python {machine.get('python', '?')}, "
-        f"torch {machine.get('torch', '?')}. Each run's record (`logger=json`) holds its "
-        "per-epoch metrics; the rows are in `docs/results_rows.json`.",
+        f"torch {machine.get('torch', '?')}. Each run's record (`logger=json`, per-epoch "
+        f"metrics included) is in `{records_path}`.",
     ]
     if machine.get("cudnn_allow_tf32"):
         notes.append(
@@ -539,9 +541,11 @@ def render(
             "numbers (test runs once, after the last epoch).",
         ]
     reproduce = (
-        "`python scripts/gpu_results.py --out DIR`, then `python scripts/reproduce_results.py "
-        "--records DIR/results_records.json --save-rows docs/results_rows.json` (see the "
-        "scripts' docstrings)"
+        "`python scripts/gpu_results.py --out DIR` on a GPU machine (optionally "
+        "`python benchmarks/train_throughput.py --skip-throughput --json DIR/tta.json` there), "
+        "then `python scripts/reproduce_results.py --records DIR/results_records.json "
+        "[--time-to-acc DIR/tta.json] --save-rows docs/results_rows.json` (see the scripts' "
+        "docstrings)"
         if source == RECORDS_SOURCE
         else "`python scripts/reproduce_results.py` (see its docstring)"
     )
@@ -549,8 +553,38 @@ def render(
     return "\n".join(lines)
 
 
+def time_to_accuracy_note(path: Path, rows: list[dict[str, Any]]) -> str:
+    """One ``experiment=best`` run alone on the device (``benchmarks/train_throughput.py``)."""
+    result = json.loads(path.read_text())
+    result = result.get("time_to_accuracy", result)
+    curve = result.get("curve") or []
+    if len(curve) < 2:
+        return f"`benchmarks/train_throughput.py` on {result.get('device')}: no epochs recorded."
+    per_epoch = (curve[-1][0] - curve[0][0]) / (len(curve) - 1)
+    shared = [r["epoch_time_s"] for r in rows if r["experiment"] == "best"]
+    reached = result.get("seconds_to_target")
+    outcome = (
+        f"reached {pct(result['target'])}% test accuracy after {len(curve)} epochs, "
+        f"{reached:.1f} s from the start of training"
+        if reached is not None
+        else f"did not reach {pct(result['target'])}% in {len(curve)} epochs"
+    )
+    text = (
+        f"Alone on the same {result.get('device')}, one `experiment=best` run "
+        "(`benchmarks/train_throughput.py`, time to accuracy: data on the GPU, test accuracy "
+        f"checked after every epoch for the benchmark only) {outcome}; about {per_epoch:.1f} s "
+        "per epoch after the first"
+    )
+    if shared:
+        text += f", against {statistics.mean(shared):.1f} s/epoch for the same recipe above"
+    return text + "."
+
+
 def rows_from_records(
-    path: Path, extra_notes: list[str], include_unfinished: bool
+    path: Path,
+    extra_notes: list[str],
+    include_unfinished: bool,
+    time_to_acc: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows and page metadata (a ``--snapshot`` file without its rows) from gathered records."""
     gathered = json.loads(path.read_text())
@@ -561,11 +595,23 @@ def rows_from_records(
     saved = {
         "results_id": gathered.get("results_id", path.stem),
         "test_size": gathered.get("test_size"),
-        "notes": [*records_notes(gathered, rows), *extra_notes],
+        "notes": [
+            *records_notes(gathered, rows, _shown_path(path)),
+            *([time_to_accuracy_note(time_to_acc, rows)] if time_to_acc else []),
+            *extra_notes,
+        ],
         "banner": [],
         "source": RECORDS_SOURCE,
     }
     return rows, saved
+
+
+def _shown_path(path: Path) -> str:
+    """``docs/x.json`` for a file in the project, else the path as given."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def main() -> None:
@@ -616,6 +662,12 @@ def main() -> None:
         default=None,
         help="render from the run records gathered by scripts/gpu_results.py (no MLflow needed)",
     )
+    parser.add_argument(
+        "--time-to-acc",
+        type=Path,
+        default=None,
+        help="with --records: the JSON of benchmarks/train_throughput.py run alone on the device",
+    )
     args = parser.parse_args()
 
     if args.snapshot is not None:
@@ -633,7 +685,9 @@ def main() -> None:
         print(f"wrote {args.output} from {len(snapshot['rows'])} saved row(s) in {args.snapshot}")
         return
     if args.records is not None:
-        rows, saved = rows_from_records(args.records, args.note, args.include_unfinished)
+        rows, saved = rows_from_records(
+            args.records, args.note, args.include_unfinished, args.time_to_acc
+        )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(
             render(

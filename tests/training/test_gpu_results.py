@@ -194,3 +194,25 @@ def test_gpu_results_trains_every_run_without_mlflow(
         assert {"test/acc", "val/acc_selected"} <= set(record["metrics"])
     assert by_name["best-gap_v8-seed1"]["seed"] == 1
     assert by_name["best-gap_v8-seed1"]["config"]["trainer"]["recalibrate_bn"] is True
+
+
+def test_time_to_accuracy_note_reads_the_benchmark(tmp_path: Path) -> None:
+    curve = [[6.0, 0.97], [8.5, 0.98], [11.0, 0.9941]]
+    bench = tmp_path / "tta.json"
+    bench.write_text(
+        json.dumps(
+            {
+                "time_to_accuracy": {
+                    "device": "NVIDIA H200",
+                    "target": 0.994,
+                    "seconds_to_target": 11.0,
+                    "epochs": 3,
+                    "curve": curve,
+                }
+            }
+        )
+    )
+    rows = [{"experiment": "best", "epoch_time_s": t} for t in (6.0, 7.0)]
+    note = _script("reproduce_results").time_to_accuracy_note(bench, rows)
+    assert "reached 99.40% test accuracy after 3 epochs, 11.0 s" in note
+    assert "about 2.5 s per epoch after the first, against 6.5 s/epoch" in note
