@@ -32,6 +32,7 @@ from mnist_mlops.data.constants import SPLITS
 from mnist_mlops.data.deform import DeformSettings, generate_range, generated_ids
 from mnist_mlops.data.manifest import (
     build_manifest,
+    data_normalization,
     streamed_split_summary,
     write_json,
 )
@@ -182,4 +183,5 @@ def _source_manifest(source_dir: Path) -> dict[str, Any]:
 
 
 def _source_normalization(source_dir: Path) -> dict[str, float]:
-    return _source_manifest(source_dir).get("normalization", {"mean": 0.1307, "std": 0.3081})
+    mean, std = data_normalization(source_dir)  # the real data's, else MNIST's constants
+    return {"mean": mean, "std": std}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from mnist_mlops.data.constants import NUM_CLASSES
+from mnist_mlops.data.constants import MNIST_MEAN, MNIST_STD, NUM_CLASSES
 from mnist_mlops.data.splits import MnistArrays, load_split, pixels_to_images
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -160,3 +161,39 @@ def _column_bytes(files: list[Path], column: str) -> Iterator[bytes]:
                 yield values.to_numpy().astype(np.int8).tobytes()
             else:
                 yield pixels_to_images(values).tobytes()
+
+
+def data_normalization(
+    processed_dir: str | Path, mean: float | None = None, std: float | None = None
+) -> tuple[float, float]:
+    """The (mean, std) to train AND serve with: the one source is the ``normalization`` that
+    preprocessing recorded in ``<processed_dir>/manifest.json``.
+
+    ``mean``/``std`` (the ``data`` config) must agree with the manifest when both exist, so a
+    run never trains one normalisation while another is recorded for its data; a directory
+    without a manifest (hand-made or test data) uses them, or MNIST's constants.
+    """
+    path = Path(processed_dir) / "manifest.json"
+    try:
+        recorded = json.loads(path.read_text()).get("normalization")
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"cannot read the normalisation from {path}: {err}") from err
+    if recorded is None:
+        return (
+            float(MNIST_MEAN if mean is None else mean),
+            float(MNIST_STD if std is None else std),
+        )
+    try:
+        stored = (float(recorded["mean"]), float(recorded["std"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} has no valid normalization mean/std: {recorded!r}") from err
+    for name, given, value in (("mean", mean, stored[0]), ("std", std, stored[1])):
+        if given is not None and not math.isclose(float(given), value, rel_tol=1e-9):
+            raise ValueError(
+                f"data.{name}={given} but {path} records {name}={value} (the normalisation "
+                f"preprocessing stored for this data); re-run preprocessing with "
+                f"data.{name}={given}, or drop the override"
+            )
+    return stored

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import PROJECT_ROOT
 from mnist_mlops.models.convnet import count_parameters
-from mnist_mlops.models.inference import InferenceModel
+from mnist_mlops.models.inference import MODEL_ARTIFACT, InferenceModel
 from mnist_mlops.tracking.plots import (
     per_class_accuracy,
     plot_confusion_matrix,
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from mnist_mlops.training.module import ClassifierModule
     from mnist_mlops.training.trainer import Trainer
 
-MODEL_ARTIFACT = "model"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit for one param value
 
 
@@ -202,17 +201,27 @@ class MlflowLogger(Callback):
         if self.log_model:
             assert trainer.datamodule is not None
             example = trainer.datamodule.splits["test"].images[:4].cpu()
-            self.model_uri = log_inference_model(module.net, example)
+            # the normalisation the batches were built with (the data manifest's): served as trained
+            normalization = (trainer.datamodule.mean, trainer.datamodule.std)
+            self.model_uri = log_inference_model(module.net, example, normalization)
 
 
-def log_inference_model(net: torch.nn.Module, example_images: torch.Tensor) -> str:
+def log_inference_model(
+    net: torch.nn.Module,
+    example_images: torch.Tensor,
+    normalization: tuple[float, float] | None = None,
+) -> str:
     """Log ``InferenceModel(net)`` as the run's ``model`` and prove it loads and predicts a batch.
+
+    ``normalization``: the (mean, std) ``net`` was trained under (its data module's, read from
+    the data manifest); ``None`` means MNIST's constants.
 
     ``example_images``: uint8 (N, 28, 28); the logged input example is their float32 [0, 1]
     form (N, 1, 28, 28), the served contract. Returns the ``runs:/<run_id>/model`` URI.
     """
-    served = InferenceModel(
-        copy.deepcopy(net).cpu().to(memory_format=torch.contiguous_format)
+    plain = copy.deepcopy(net).cpu().to(memory_format=torch.contiguous_format)
+    served = (
+        InferenceModel(plain, *normalization) if normalization else InferenceModel(plain)
     ).eval()
     example = (example_images.unsqueeze(1).float() / 255.0).numpy().astype(np.float32)
     with torch.no_grad():

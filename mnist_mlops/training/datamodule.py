@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mnist_mlops.data.constants import MNIST_MEAN, MNIST_STD
+from mnist_mlops.data.manifest import data_normalization
 from mnist_mlops.data.splits import MnistArrays, load_split, split_dir
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -130,8 +130,8 @@ class MnistDataModule:
         augmentation: RandomAffine | None = None,
         keep_on_device: bool = False,
         extra_train_dirs: Sequence[str | Path] = (),
-        mean: float = MNIST_MEAN,
-        std: float = MNIST_STD,
+        mean: float | None = None,
+        std: float | None = None,
         seed: int = 0,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -139,8 +139,11 @@ class MnistDataModule:
                 raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers!r}")
-        if std <= 0:
+        if std is not None and std <= 0:
             raise ValueError(f"data.std must be positive, got {std!r}")
+        # the normalisation recorded in the data's manifest (mean/std must agree with it); the
+        # logged model is built with these same two numbers, so it serves what was trained
+        self.mean, self.std = data_normalization(processed_dir, mean, std)
         self.processed_dir = Path(processed_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -149,8 +152,8 @@ class MnistDataModule:
         self.keep_on_device = keep_on_device
         self.extra_train_dirs = [Path(d) for d in extra_train_dirs]
         # x_norm = (x/255 - mean)/std, as one multiply-subtract on the raw 0..255 values
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = mean / std
+        self.scale = 1.0 / (255.0 * self.std)
+        self.shift = self.mean / self.std
         self.generator = torch.Generator().manual_seed(seed)
         self.splits: dict[str, TensorSplit] = {}
 
