@@ -1,7 +1,18 @@
-"""Benchmark: how generation (data=mnist8m) and the streaming loader scale with the dataset.
+"""Benchmark: how preprocessing, generation (data=mnist8m) and the streaming loader scale.
 
     .venv/bin/python benchmarks/scale.py                      # 20k and 60k images, ~2-4 min
     .venv/bin/python benchmarks/scale.py --sizes 70000 200000 1000000 --source-dir data/processed
+    MNIST_RAW_DIR=... .venv/bin/python benchmarks/scale.py --preprocess 70000 1000000 \
+        [--standalone]                # preprocessing only, local[2] (and a 2-worker cluster)
+
+``--preprocess``: for each size, raw IDX files of that many images (the real training digits
+tiled to ``size - 10,000``, the real 10k test set; gzip level 1) are written once, then
+``python -m mnist_mlops.preprocess`` runs in a fresh subprocess with ``local[2]`` and, with
+``--standalone``, against ``scripts/spark_standalone.sh``'s cluster (2 workers x 1 core, on
+their own ports). A sampler records every process of the run (driver Python, driver JVM,
+Python workers, executor JVMs and their Python workers): peak RSS per role and the CPU
+seconds of all of them, so images per CPU-second (the per-core rate) is measured apart from
+the neighbours' load; the 1-minute load average is recorded before and after each run.
 
 For each size, ``python -m mnist_mlops.generate`` runs in a fresh subprocess (its own JVM, as a
 user runs it) while this process samples the memory (PSS) of its process tree, split into the
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -190,14 +202,199 @@ def generator_cpu_rate(source: Path, images: int = 5000) -> float:
     return images / (time.process_time() - started)
 
 
+# --- preprocessing at scale --------------------------------------------------------------
+
+
+def write_raw(size: int, real_raw: Path, out: Path) -> Path:
+    """The four IDX .gz files for ``size`` images: real train digits tiled, real test set."""
+    import gzip
+
+    from mnist_mlops.data.idx import MNIST_FILES, load_raw_mnist
+
+    real = load_raw_mnist(real_raw, verify_checksums=True)
+    n_train = size - len(real["test"].labels)
+    out.mkdir(parents=True)
+
+    def write(role: str, array, count: int) -> None:
+        row_shape = array.shape[1:]
+        magic = (0x08 << 8) | (1 + len(row_shape))
+        dims = (count, *row_shape)
+        path = out / MNIST_FILES[role][0]
+        with gzip.open(path, "wb", compresslevel=1) as handle:
+            handle.write(magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
+            left = count
+            while left:
+                take = min(left, len(array))
+                handle.write(array[:take].tobytes())
+                left -= take
+
+    write("train_images", real["train"].images, n_train)
+    write("train_labels", real["train"].labels, n_train)
+    write("test_images", real["test"].images, len(real["test"].labels))
+    write("test_labels", real["test"].labels, len(real["test"].labels))
+    return out
+
+
+class ClusterSampler(threading.Thread):
+    """Peak RSS per role and CPU seconds of a run's processes, every 200 ms.
+
+    Roles: ``driver`` (the Python process started), ``driver_jvm`` (its JVM; in ``local[N]``
+    the executors run inside it), ``local_workers`` (Python workers that JVM forks),
+    ``executor_jvm`` (standalone executors: CoarseGrainedExecutorBackend processes started
+    after the run began) and ``executor_workers`` (their Python workers).
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.started = time.time()
+        self.peak_rss: dict[str, int] = {}
+        self.peak_sum: dict[str, int] = {}
+        self.cpu: dict[int, float] = {}
+        self.stop = threading.Event()
+
+    def processes(self) -> dict[str, list[psutil.Process]]:
+        roles: dict[str, list[psutil.Process]] = {
+            k: [] for k in ("driver", "driver_jvm", "local_workers", "executor_jvm",
+                            "executor_workers")
+        }  # fmt: skip
+        roles["driver"].append(self.root)
+        for child in self.root.children(recursive=True):
+            roles["driver_jvm" if "java" in child.name() else "local_workers"].append(child)
+        for proc in psutil.process_iter(["cmdline", "create_time"]):
+            cmdline = proc.info["cmdline"] or []
+            if proc.info["create_time"] < self.started - 1:
+                continue
+            if any("CoarseGrainedExecutorBackend" in part for part in cmdline):
+                roles["executor_jvm"].append(proc)
+                roles["executor_workers"].extend(proc.children(recursive=True))
+        return roles
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                roles = self.processes()
+            except psutil.Error:
+                time.sleep(0.2)
+                continue
+            for role, procs in roles.items():
+                total = 0
+                for proc in procs:
+                    try:
+                        rss = proc.memory_info().rss
+                        times = proc.cpu_times()
+                    except psutil.Error:
+                        continue
+                    total += rss
+                    self.peak_rss[role] = max(self.peak_rss.get(role, 0), rss)
+                    self.cpu[proc.pid] = times.user + times.system
+                self.peak_sum[role] = max(self.peak_sum.get(role, 0), total)
+            time.sleep(0.2)
+
+
+def preprocess_run(raw: Path, out: Path, size: int, master: str, cluster: bool) -> dict:
+    spark = ["spark=cluster", f"spark.master='{master}'", "spark.partitions=2",
+             "spark.executor_memory=1g", "spark.executor_cores=1", "spark.num_executors=2",
+             "spark.driver_memory=2g"] if cluster else [f"spark.master='{master}'"]  # fmt: skip
+    command = [
+        sys.executable, "-m", "mnist_mlops.preprocess", f"data.raw_dir={raw}",
+        f"data.processed_dir={out}", "data.verify_checksums=false", "data.download=false",
+        *spark, f"hydra.run.dir={out.parent}/hydra-pre-{size}",
+    ]  # fmt: skip
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    sampler = ClusterSampler(child.pid)
+    sampler.start()
+    output, _ = child.communicate()
+    wall = time.perf_counter() - started
+    sampler.stop.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"preprocess failed for size {size} ({master}):\n{output[-3000:]}")
+    steps = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"\]\[INFO\] (.+?) done in ([\d.]+) s", output)
+    }
+    cpu = sum(sampler.cpu.values())
+    return {
+        "size": size,
+        "master": "standalone 2x1 core" if cluster else master,
+        "wall_s": round(wall, 1),
+        "images_per_s": round(size / wall),
+        "cpu_s": round(cpu, 1),
+        "images_per_cpu_s": round(size / cpu),
+        "load_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "steps_s": {k[:40]: v for k, v in steps.items()},
+        **{f"peak_rss_{k}_mb": round(v / MB) for k, v in sampler.peak_rss.items()},
+        **{f"peak_sum_rss_{k}_mb": round(v / MB) for k, v in sampler.peak_sum.items()
+           if k.endswith("workers") or k == "executor_jvm"},
+    }  # fmt: skip
+
+
+def standalone(action: str) -> str:
+    env = {
+        **os.environ,
+        "SPARK_MASTER_PORT": "7177",
+        "SPARK_MASTER_WEBUI_PORT": "8180",
+        "SPARK_STANDALONE_DIR": "/tmp/scale-standalone",
+        "SPARK_WORKER_MEMORY": "2g",
+        "SPARK_WORKER_CORES": "1",
+    }
+    result = subprocess.run(
+        ["scripts/spark_standalone.sh", action], cwd=REPO_ROOT, env=env, capture_output=True,
+        text=True, check=action == "start",
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def preprocess_bench(sizes: list[int], real_raw: Path, cluster: bool, work: Path) -> list[dict]:
+    rows = []
+    master_url = standalone("start") if cluster else ""
+    try:
+        for size in sizes:
+            raw = write_raw(size, real_raw, work / f"raw-{size}")
+            runs = [("local[2]", False)] + ([(master_url, True)] if cluster else [])
+            for master, is_cluster in runs:
+                out = work / f"processed-{size}"
+                row = preprocess_run(raw, out, size, master, is_cluster)
+                rows.append(row)
+                print("preprocess", json.dumps(row), flush=True)
+                shutil.rmtree(out)
+            shutil.rmtree(raw)
+    finally:
+        if cluster:
+            standalone("stop")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 60_000])
+    parser.add_argument(
+        "--preprocess", type=int, nargs="+", metavar="SIZE",
+        help="benchmark preprocessing at these sizes instead (needs MNIST_RAW_DIR)",
+    )  # fmt: skip
+    parser.add_argument("--standalone", action="store_true", help="also on a 2-worker cluster")
+    parser.add_argument("--work-dir", type=Path, help="for the big files (default: a tmp dir)")
     parser.add_argument("--source-dir", type=Path, help="a real processed directory")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.preprocess:
+        real_raw = os.environ.get("MNIST_RAW_DIR")
+        if not real_raw:
+            raise SystemExit("--preprocess needs MNIST_RAW_DIR (the real IDX files to tile)")
+        with tempfile.TemporaryDirectory(prefix="scale-pre-", dir=args.work_dir) as tmp:
+            rows = preprocess_bench(args.preprocess, Path(real_raw), args.standalone, Path(tmp))
+        if args.json:
+            args.json.write_text(
+                json.dumps({"cpu": _cpu_model(), "preprocess": rows}, indent=2) + "\n"
+            )
+        return
     results: dict = {"cpu": _cpu_model(), "master": args.master, "generate": [], "loader": []}
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         source = (

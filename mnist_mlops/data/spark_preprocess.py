@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -38,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from filelock import FileLock
 
 from mnist_mlops.data.constants import MNIST_MEAN, MNIST_STD, NUM_CLASSES, SPLITS
 from mnist_mlops.data.idx import RawDataError, ensure_raw_files
@@ -51,6 +48,7 @@ from mnist_mlops.data.idx_ranges import (
 )
 from mnist_mlops.data.manifest import build_manifest, streamed_split_summary, write_json
 from mnist_mlops.data.spark_baseline import spark_baseline
+from mnist_mlops.utils.atomic import atomic_directory  # re-exported: generate uses it too
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -200,54 +198,6 @@ def write_splits(frame: DataFrame, out_dir: Path, partitions: int, normalization
         for index, part in enumerate(written):
             part.rename(target / f"part-{index:05d}.parquet")
     shutil.rmtree(spark_out)
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a staging directory that replaces ``target`` only if the block succeeds.
-
-    Staging lives next to the target (same filesystem, so renames are atomic). A lock file
-    serialises concurrent runs; leftovers of a killed run are cleaned (or restored) first.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f".{target.name}.lock")):
-        _recover_interrupted_swap(target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        staging.chmod(0o777 & ~_current_umask())  # mkdtemp's 0700 would hide data from others
-        try:
-            yield staging
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        backup = staging.with_name(staging.name.replace(".tmp-", ".old-"))
-        if target.exists():
-            os.rename(target, backup)
-        try:
-            os.rename(staging, target)
-        except BaseException:
-            if backup.exists():
-                os.rename(backup, target)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _recover_interrupted_swap(target: Path) -> None:
-    """Drop staging dirs of killed runs; put back a previous output caught mid-swap."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for backup in sorted(target.parent.glob(f".{target.name}.old-*")):
-        if target.exists():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            log.warning("restoring %s from interrupted run (%s)", target, backup.name)
-            os.rename(backup, target)
 
 
 @dataclass(frozen=True)
