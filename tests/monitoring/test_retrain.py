@@ -226,6 +226,29 @@ def test_triggers(tmp_path: Path, synthetic_processed_dir: Path) -> None:
         should_retrain(_compose(tmp_path, synthetic_processed_dir, "trigger=sometimes"), tmp_path)
 
 
+def test_children_get_the_retrains_overrides_of_the_shared_groups(
+    tmp_path: Path, synthetic_processed_dir: Path
+) -> None:
+    from omegaconf.errors import ValidationError
+
+    from mnist_mlops.retraining.children import child_args
+
+    given = ["registry=server", "+data.note=x", "trigger=force", 'train.overrides=["model=a"]']
+    settings = _compose(tmp_path, synthetic_processed_dir, *given)
+    # paths.*, data.*, registry.* and the registry group choice pass on; retrain's own keys do not
+    shared = [*_overrides(tmp_path, synthetic_processed_dir), *given[:2]]
+    assert settings.children.overrides == shared
+    assert settings.registry.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    # shared first, the child's own after them (Hydra: the later value of a key wins)
+    assert child_args("m", settings.children, "data.x=1") == ["m", *shared, "data.x=1"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        bare = compose("retrain", overrides=_overrides(tmp_path, synthetic_processed_dir))
+    with pytest.raises(ValueError, match="cannot tell which overrides"):
+        RetrainSettings.from_config(bare)  # children would silently lose the paths
+    with pytest.raises(ValidationError, match="schedule.every_h"):
+        _compose(tmp_path, synthetic_processed_dir, "schedule.every_h=soon")
+
+
 def test_second_retrain_is_refused_while_the_lock_is_held(
     tmp_path: Path, synthetic_processed_dir: Path
 ) -> None:
