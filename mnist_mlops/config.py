@@ -51,13 +51,15 @@ def entry_config_groups(_root_: Any) -> str:
     return "\n".join(lines)
 
 
-def resolved_once(cfg: DictConfig) -> dict[str, Any]:
+def resolved_once(cfg: DictConfig, keep_symbolic: tuple[str, ...] = ()) -> dict[str, Any]:
     """The config as plain data with every group once (for MLflow params and printed configs).
 
     A node that references a whole group (``logger.registry: ${registry}``,
     ``backend.spark: ${spark}``) is how a constructor gets that group without a copy in the
     YAML; it stays the reference text here instead of being resolved into a second copy.
-    Everything else is resolved; a missing mandatory value stays ``???``.
+    Everything else is resolved; a missing mandatory value stays ``???``. A leaf whose
+    interpolation mentions one of ``keep_symbolic`` (e.g. ``paths.``, ``oc.env``) stays as
+    written too: a location, not a setting, the same in every clone of the project.
     """
     raw = OmegaConf.to_container(cfg, resolve=False)
     out: dict[str, Any] = {}
@@ -68,8 +70,14 @@ def resolved_once(cfg: DictConfig) -> dict[str, Any]:
         value = cfg[key]
         if isinstance(value, DictConfig | ListConfig) and OmegaConf.is_interpolation(cfg, key):
             out[str(key)] = raw[key]  # a reference to another group: "${registry}"
+        elif (
+            keep_symbolic
+            and OmegaConf.is_interpolation(cfg, key)
+            and any(marker in str(raw[key]) for marker in keep_symbolic)
+        ):
+            out[str(key)] = raw[key]
         elif isinstance(value, DictConfig):
-            out[str(key)] = resolved_once(value)
+            out[str(key)] = resolved_once(value, keep_symbolic)
         elif isinstance(value, ListConfig):
             out[str(key)] = OmegaConf.to_container(value, resolve=True)
         else:

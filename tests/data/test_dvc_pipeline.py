@@ -160,3 +160,23 @@ def test_full_pipeline_on_a_fresh_clone_reports_progress_and_leaves_git_clean(
     # and a second repro has nothing to do
     again = run([dvc, "repro"], repo, env)
     assert "Running stage" not in again, again[-2000:]
+
+    # The train stage's params are the composed config, so keys that no hand list named count:
+    # a trainer.limit_* value, and an experiment chosen in conf/local (the user's overrides)
+    trainer_conf = repo / "conf" / "trainer" / "default.yaml"
+    set_yaml_value(trainer_conf, "limit_train_batches", "3", "2")
+    assert "Running stage 'train_params'" in run([dvc, "repro", "train_params"], repo, env)
+    status = run([dvc, "status", "train"], repo, env)
+    assert "trainer.limit_train_batches" in status, status
+    set_yaml_value(trainer_conf, "limit_train_batches", "2", "3")
+    local = repo / "conf" / "local" / "default.yaml"
+    local.parent.mkdir()
+    local.write_text("# @package _global_\ndefaults:\n  - override /experiment: report\n")
+    run([dvc, "repro", "train_params"], repo, env)
+    status = run([dvc, "status", "train"], repo, env)
+    assert "trainer.precision" in status, status  # experiment=report trains in float32
+    local.unlink()
+    # while a key training does not read leaves it up to date
+    set_yaml_value(repo / "conf" / "eval.yaml", "batch_size", "2000", "1000")
+    run([dvc, "repro", "train_params"], repo, env)
+    assert "train:" not in run([dvc, "status", "train"], repo, env)
