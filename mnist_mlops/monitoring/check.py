@@ -22,12 +22,12 @@ from mnist_mlops.monitoring.reference import Baseline, ModelReference, build_mod
 from mnist_mlops.monitoring.report import (
     NOT_ENOUGH_DATA,
     DriftReport,
-    atomic_write_text,
     write_html,
     write_json,
 )
 from mnist_mlops.monitoring.sources import Window
 from mnist_mlops.monitoring.stats import adjust_p_values
+from mnist_mlops.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from mnist_mlops.data.baseline import BASELINE_SCHEMA_VERSION
 from mnist_mlops.data.constants import NUM_CLASSES
 from mnist_mlops.monitoring.model_probe import ModelProbe
+from mnist_mlops.utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
-BASELINE_SCHEMA_VERSION = 2
 # schema -> decimals its reference samples were rounded to (None: full precision). Window
 # features are rounded the same way, so both samples of a KS test are on the same grid.
 SAMPLE_DECIMALS: dict[int, int | None] = {1: 4, 2: None}
@@ -151,9 +152,7 @@ def build_model_reference(
         keep = np.random.default_rng(seed).choice(len(embeddings), max_embeddings, replace=False)
         embeddings = embeddings[np.sort(keep)]
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, probabilities=probabilities, embeddings=embeddings)
-        tmp.replace(cache_file)
+        with atomic_open(cache_file, "wb") as handle:
+            np.savez(handle, probabilities=probabilities, embeddings=embeddings)
         log.info("cached model reference for %s v%s in %s", probe.uri, probe.version, cache_file)
     return ModelReference(probe.uri, probe.version, probabilities, embeddings)

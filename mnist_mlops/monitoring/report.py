@@ -10,7 +10,6 @@ import base64
 import html
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -21,6 +20,7 @@ import numpy as np
 
 from mnist_mlops.exit_codes import ExitCode
 from mnist_mlops.monitoring.detectors import Finding, Status
+from mnist_mlops.utils.atomic import atomic_write_text
 
 
 class DriftExit(IntEnum):
@@ -89,14 +89,6 @@ class DriftReport:
             "timings_s": self.timings_s,
             "findings": [f.to_dict() for f in self.findings],
         }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename so a reader never sees half a report or marker."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_json(report: DriftReport, path: Path) -> Path:

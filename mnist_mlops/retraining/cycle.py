@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_mlops.data.splits import load_split
-from mnist_mlops.monitoring.report import DriftExit, atomic_write_text
+from mnist_mlops.monitoring.report import DriftExit
 from mnist_mlops.retraining.children import child_args, run_child
 from mnist_mlops.retraining.feedback import (
     FeedbackSnapshot,
@@ -26,6 +26,7 @@ from mnist_mlops.retraining.feedback import (
 )
 from mnist_mlops.retraining.lock import exclusive_lock
 from mnist_mlops.retraining.settings import RegistrySettings, RetrainSettings
+from mnist_mlops.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

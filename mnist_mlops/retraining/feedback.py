@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from mnist_mlops.data.constants import NUM_CLASSES
 from mnist_mlops.data.manifest import json_hash, split_content_hash, write_json
 from mnist_mlops.data.splits import MnistArrays, arrays_to_table, load_split
-from mnist_mlops.monitoring.report import atomic_write_text
+from mnist_mlops.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
