@@ -18,9 +18,7 @@ another (``backend.spark: ${spark}``) appears once. Only Hydra and OmegaConf are
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from omegaconf import OmegaConf, open_dict
 
 from mnist_mlops.config import CONFIG_DIR, resolved_once
 from mnist_mlops.exit_codes import ExitCode, bad_input_exits, exit_with
+from mnist_mlops.utils.atomic import atomic_write_text
 
 # interpolations that name a place rather than a setting: kept as written
 LOCATION_MARKERS = ("paths.", "oc.env", "hydra:", "project_root", "now:")
@@ -70,10 +69,7 @@ def write_if_changed(path: Path, text: str) -> bool:
     """Write ``text`` atomically unless the file already holds it (its mtime then stays)."""
     if path.is_file() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    atomic_write_text(path, text)
     return True
 
 

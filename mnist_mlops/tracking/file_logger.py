@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.models.convnet import count_parameters
 from mnist_mlops.training.callbacks import Callback, TrainingInterrupted
+from mnist_mlops.utils.atomic import atomic_write_json
 
 if TYPE_CHECKING:
     from mnist_mlops.training.module import ClassifierModule
@@ -75,10 +76,7 @@ class JsonFileLogger(Callback):
 
     def _write(self) -> None:
         """Replace the file in one rename: a reader never sees half a record."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(self.record, indent=1, default=str) + "\n")
-        partial.replace(self.path)
+        atomic_write_json(self.path, self.record, indent=1, default=str)
 
     @contextmanager
     def run_context(self, cfg: DictConfig) -> Iterator[str]:
