@@ -44,8 +44,8 @@ from mnist_mlops.data.constants import MNIST_MEAN, MNIST_STD
 from mnist_mlops.data.splits import arrays_to_table, load_split, split_dir
 from mnist_mlops.data.synthetic import synthetic_digits
 from mnist_mlops.train import train
-from mnist_mlops.training.backends.local import evaluate
 from mnist_mlops.training.callbacks import Callback
+from mnist_mlops.training.loop import evaluate
 from mnist_mlops.training.precision import PRECISIONS, resolve_precision
 
 

@@ -7,7 +7,9 @@ and it cannot prune. This one uses Optuna's ask/tell API (Optuna 5), so:
 - with an RDB ``storage`` the study persists, and re-running the same command resumes it until
   ``n_trials`` trials have finished (trials left RUNNING by a killed sweep are marked FAIL);
 - each trial gets its trial number (``trial_number_key``) so the job's pruning callback
-  (:mod:`.pruning`) can report per-epoch values and be pruned; a pruned job is told PRUNED;
+  (``mnist_mlops.training.callbacks.pruning``, named by ``_target_`` in
+  ``conf/hparams_search/optuna.yaml``; this plugin imports nothing from training) can report
+  per-epoch values and be pruned; a pruned job is told PRUNED;
 - with MLflow configured (``registry`` + ``logger``), one parent run per study, and every trial's
   run is nested under it (``parent_run_key``); the parent gets the best value and params.
 """

@@ -8,6 +8,7 @@ than the forward pass of a 14k-parameter network on a CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -121,6 +122,9 @@ class _EpochBatches(Dataset):
 class MnistDataModule:
     """Lightning-style data module (``setup`` + ``*_dataloader``) over the Parquet splits."""
 
+    #: whether the training split is streamed (``StreamingDataModule``) rather than in memory
+    streaming = False
+
     def __init__(
         self,
         processed_dir: str | Path,
@@ -170,6 +174,12 @@ class MnistDataModule:
             self.splits[split] = TensorSplit(
                 load_split(split_dir(self.processed_dir, split)), data_device
             )
+
+    def detached(self) -> MnistDataModule:
+        """A copy with nothing loaded, to ship to another process (which reads the files)."""
+        data = copy.copy(self)
+        data.splits = {}
+        return data
 
     def make_batch(
         self,

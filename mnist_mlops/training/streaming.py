@@ -173,22 +173,56 @@ class ShardedStream:
                 take = order[at : at + batch_size]
                 yield window_images[take], window_labels[take]
 
+    def sized_batches(
+        self, epoch: int, sizes: Sequence[int]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This rank's shuffled rows for ``epoch`` cut into batches of ``sizes`` rows (a
+        distributed rank's steps; their sum must not exceed :meth:`rows`)."""
+        if not sizes:
+            return
+        chunks = self.batches(epoch, max(sizes))
+        images_buf: list[np.ndarray] = []
+        labels_buf: list[np.ndarray] = []
+        held = 0
+        for size in sizes:
+            while held < size:
+                images, labels = next(chunks)  # StopIteration here: sizes exceed the shard
+                images_buf.append(images)
+                labels_buf.append(labels)
+                held += len(labels)
+            images = np.concatenate(images_buf) if len(images_buf) > 1 else images_buf[0]
+            labels = np.concatenate(labels_buf) if len(labels_buf) > 1 else labels_buf[0]
+            yield images[:size], labels[:size]
+            images_buf, labels_buf = [images[size:]], [labels[size:]]
+            held -= size
+
 
 class _StreamedSplits(dict):
-    """``splits`` without an in-memory ``train``: a backend that wants one gets a clear error."""
+    """``splits`` without an in-memory ``train`` (asking for it is a clear error); ``val`` and
+    ``test`` (the real, small splits) are read into memory when first asked for."""
+
+    def __init__(self, processed_dir: Path) -> None:
+        super().__init__()
+        self.processed_dir = processed_dir
 
     def __missing__(self, key: str) -> TensorSplit:
         if key == "train":
             raise RuntimeError(
-                "data.streaming=true streams the training split; only backend=local reads it "
-                "that way so far (this backend loads splits['train'] into memory)"
+                "data.streaming=true streams the training split (backend=local, spark_ddp and "
+                "orca each read their shard in row groups); there is no splits['train'] in memory"
             )
+        if key in ("val", "test"):
+            self[key] = TensorSplit(load_split(split_dir(self.processed_dir, key)))
+            return self[key]
         raise KeyError(key)
 
 
 class StreamingDataModule(MnistDataModule):
     """``data.streaming=true``: the training split streamed (:class:`ShardedStream`), val and
-    test in memory as before (they are the real, small splits)."""
+    test in memory as before (they are the real, small splits). A distributed rank streams its
+    own shard through :meth:`shard_stream` / :meth:`shard_batches`."""
+
+    streaming = True
 
     def __init__(
         self,
@@ -221,29 +255,58 @@ class StreamingDataModule(MnistDataModule):
             world_size,
         )
         self.stream: ShardedStream | None = None
-        self.splits = _StreamedSplits()
+        self.splits = _StreamedSplits(self.processed_dir)
         self.epoch = 0
 
     def setup(self, device: torch.device | str = "cpu") -> None:
         if self.stream is not None:
             return
-        self.stream = ShardedStream(
+        self.stream = self.shard_stream(self.rank, self.world_size)
+        for split in ("val", "test"):
+            self.splits[split]  # noqa: B018 - read now, as the in-memory module does
+
+    def detached(self) -> StreamingDataModule:
+        data = super().detached()
+        data.stream = None
+        data.splits = _StreamedSplits(self.processed_dir)
+        return data
+
+    def shard_stream(self, rank: int, world_size: int) -> ShardedStream:
+        """The training split's stream for ``rank`` of ``world_size`` processes."""
+        return ShardedStream(
             [split_dir(self.processed_dir, "train"), *self.extra_train_dirs],
-            self.rank,
-            self.world_size,
+            rank,
+            world_size,
             self.seed,
             self.buffer_rows,
         )
-        for split in ("val", "test"):
-            self.splits[split] = TensorSplit(load_split(split_dir(self.processed_dir, split)))
+
+    def shard_batches(
+        self, stream: ShardedStream, epoch: int, sizes: Sequence[int]
+    ) -> Iterator[Batch]:
+        """Training batches of ``sizes`` rows from ``stream`` (a distributed rank's shard)."""
+        return self._to_tensors(
+            stream.sized_batches(epoch, sizes), epoch, train=True, rank=stream.rank
+        )
 
     def _tensor_batches(self, epoch: int, batch_size: int, train: bool) -> Iterator[Batch]:
         assert self.stream is not None, "call setup() before asking for dataloaders"
+        return self._to_tensors(self.stream.batches(epoch, batch_size, train), epoch, train)
+
+    def _to_tensors(
+        self,
+        batches: Iterator[tuple[np.ndarray, np.ndarray]],
+        epoch: int,
+        train: bool,
+        rank: int = 0,
+    ) -> Iterator[Batch]:
+        """Normalised float batches; augmentation seeded by (seed, epoch, batch index, rank)."""
         epoch_seed = int(np.random.default_rng([self.seed, epoch, 1 << 20]).integers(2**62))
-        for index, (images, labels) in enumerate(self.stream.batches(epoch, batch_size, train)):
+        for index, (images, labels) in enumerate(batches):
             x = torch.from_numpy(images).unsqueeze(1).float()
             if train and self.augmentation is not None:
-                x = self.augmentation(x, torch.Generator().manual_seed(epoch_seed + index))
+                seed = epoch_seed + index + 7919 * rank  # rank 0 draws as a local run does
+                x = self.augmentation(x, torch.Generator().manual_seed(seed))
             yield x.mul_(self.scale).sub_(self.shift), torch.from_numpy(labels)
 
     def train_dataloader(self) -> Iterator[Batch]:

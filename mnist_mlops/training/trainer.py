@@ -10,21 +10,24 @@ the one the registry ranks by. ``test`` runs once, on the same weights, for the 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from mnist_mlops.training.backends import Backend
 from mnist_mlops.training.batchnorm import recalibrate_batchnorm
-from mnist_mlops.training.callbacks import Callback
-from mnist_mlops.training.datamodule import MnistDataModule
-from mnist_mlops.training.module import ClassifierModule
+from mnist_mlops.training.callbacks.base import Callback
 from mnist_mlops.training.precision import resolve_precision
+
+if TYPE_CHECKING:
+    from mnist_mlops.training.contracts import Backend
+    from mnist_mlops.training.datamodule import MnistDataModule
+    from mnist_mlops.training.module import ClassifierModule
 
 DEVICES = ("auto", "cpu", "cuda")
 # suffix of the re-validated scores of the kept model (``val/acc`` -> ``val/acc_selected``)
@@ -53,7 +56,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Trainer:
-    """Lightning-shaped ``fit``/``test`` over a pluggable :class:`Backend`."""
+    """Lightning-shaped ``fit``/``test`` over a pluggable backend.
+
+    The one object standing in for "the trainer" everywhere: the module, the epoch loop and
+    the callbacks ask it for epochs, device, precision and schedule length. A distributed
+    worker gets :meth:`for_worker`, a copy of this trainer without what stays on the driver.
+    """
 
     def __init__(
         self,
@@ -105,6 +113,8 @@ class Trainer:
         # the kept model's validation scores, measured after fit() restored/recalibrated it
         self.selected_metrics: dict[str, float] = {}
         self.datamodule: MnistDataModule | None = None
+        # set on a worker's copy: the driver's count (a rank cannot count the global batches)
+        self._fixed_train_batches: int | None = None
         self._configure_determinism()
 
     def _configure_determinism(self) -> None:
@@ -116,6 +126,8 @@ class Trainer:
     # --- sizes the module and callbacks ask for ---------------------------------------------
     @property
     def num_train_batches(self) -> int:
+        if self._fixed_train_batches is not None:
+            return self._fixed_train_batches
         assert self.datamodule is not None, "fit() sets the datamodule"
         total = self.datamodule.num_train_batches()
         return min(total, self.limit_train_batches or total)
@@ -123,6 +135,27 @@ class Trainer:
     @property
     def estimated_stepping_batches(self) -> int:
         return self.num_train_batches * self.max_epochs
+
+    # --- on a distributed worker ------------------------------------------------------------
+    def for_worker(self) -> Trainer:
+        """This trainer as a worker process needs it (picklable): the same epochs, limits,
+        precision setting and schedule length (``num_train_batches`` fixed to the driver's),
+        without the backend, callbacks, data, history or checkpoint, which stay on the driver."""
+        worker = copy.copy(self)
+        worker._fixed_train_batches = self.num_train_batches
+        worker.backend = None  # type: ignore[assignment]
+        worker.callbacks = []
+        worker.datamodule = None
+        worker.history = []
+        worker.best_state = None
+        worker.selected_metrics = {}
+        return worker
+
+    def attach_device(self, device: torch.device) -> None:
+        """On a worker: train on ``device`` (``precision: auto`` resolved for it)."""
+        self.device = device
+        self.precision = resolve_precision(self.requested_precision, device)
+        self._configure_determinism()
 
     # --- the Lightning-shaped API -----------------------------------------------------------
     def fit(self, module: ClassifierModule, datamodule: MnistDataModule) -> None:

@@ -20,20 +20,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.training.backends.distributed import (
-    DistributedBackend,
-    DistributedTrainingError,
-    DriverLink,
-    EpochChannel,
-    EpochReport,
-    RankBatches,
-    TrainJob,
-    report_failure,
-)
 from mnist_mlops.training.backends.local import LocalBackend
 from mnist_mlops.training.backends.orca import OrcaBackend
-from mnist_mlops.training.backends.spark_ddp import SparkDDPBackend, ddp_worker
+from mnist_mlops.training.backends.spark_ddp import SparkDDPBackend
 from mnist_mlops.training.datamodule import MnistDataModule
+from mnist_mlops.training.distributed.channel import DriverLink, EpochChannel, report_failure
+from mnist_mlops.training.distributed.driver import DistributedBackend
+from mnist_mlops.training.distributed.protocol import (
+    DistributedTrainingError,
+    EpochReport,
+    TrainJob,
+)
+from mnist_mlops.training.distributed.sampler import RankBatches
+from mnist_mlops.training.distributed.worker import ddp_worker
 from mnist_mlops.training.trainer import Trainer
 
 

@@ -3,6 +3,7 @@ shuffle, memory bounded by the window, and a training run through the train entr
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from mnist_mlops.data.splits import arrays_to_table, load_split
 from mnist_mlops.train import build_datamodule, train
+from mnist_mlops.training.distributed.sampler import StreamedRankBatches
 from mnist_mlops.training.streaming import ShardedStream, StreamingDataModule, plan_blocks
 
 ROWS_PER_FILE = (310, 57, 402)  # ragged files
@@ -161,3 +163,76 @@ def test_train_entrypoint_with_streaming(cfg_train: DictConfig) -> None:
     assert streamed["train/acc"] > 0.4 and in_memory["train/acc"] > 0.4
     assert abs(streamed["train/acc"] - in_memory["train/acc"]) < 0.1
     assert abs(streamed["test/acc"] - in_memory["test/acc"]) < 0.1
+
+
+# --- a distributed rank's stream (spark_ddp / orca workers) ----------------------------------
+def _rank_epoch(batches: StreamedRankBatches) -> list[np.ndarray]:
+    """One epoch of a rank's batches, as the row numbers the tagged images carry."""
+    data = batches.datamodule
+    out = []
+    for x, _ in batches:
+        raw = (x * data.scale**-1 + data.shift / data.scale).round().to(torch.uint8).numpy()
+        out.append(_numbers(raw[:, 0]))
+    return out
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_every_row_exactly_once_per_epoch_across_distributed_ranks(
+    tagged_dir: Path, world_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What each spark_ddp/orca rank trains on: only its own row groups, every row of the split
+    exactly once per epoch, and the same number of steps on every rank (DDP needs that)."""
+    total = sum(ROWS_PER_FILE)
+    read: dict[int, list] = {}
+    original_read = ShardedStream.read
+
+    def recording_read(self: ShardedStream, block):
+        read.setdefault(self.rank, []).append(block)
+        return original_read(self, block)
+
+    monkeypatch.setattr(ShardedStream, "read", recording_read)
+    data = StreamingDataModule(tagged_dir.parent, batch_size=50, buffer_rows=100, seed=3)
+    ranks = [StreamedRankBatches(data, r, world_size, None) for r in range(world_size)]
+    steps = -(-total // 50)
+    assert [len(r) for r in ranks] == [steps] * world_size
+    for epoch in (0, 1):
+        read.clear()
+        epochs = [_rank_epoch(r) for r in ranks]
+        assert [len(batches) for batches in epochs] == [steps] * world_size
+        seen = np.concatenate([np.concatenate(batches) for batches in epochs])
+        np.testing.assert_array_equal(np.sort(seen), np.arange(total))
+        # one optimizer step over all ranks sees about one global batch of rows
+        per_step = [sum(len(epochs[r][s]) for r in range(world_size)) for s in range(steps)]
+        assert max(per_step) - min(per_step) <= world_size
+        # each rank read exactly its own blocks of the epoch's plan, each once
+        for rank in range(world_size):
+            assert sorted(read[rank], key=str) == sorted(ranks[rank].stream.shard(epoch), key=str)
+    # the epochs differ (seeded per epoch), a rank's batches are shuffled
+    assert not np.array_equal(np.concatenate(_rank_epoch(ranks[0])), np.sort(seen[:10]))
+
+
+def test_a_rank_stream_honours_the_batch_limit(tagged_dir: Path) -> None:
+    data = StreamingDataModule(tagged_dir.parent, batch_size=50, buffer_rows=100, seed=3)
+    ranks = [StreamedRankBatches(data, r, 2, max_batches=3) for r in range(2)]
+    epochs = [_rank_epoch(r) for r in ranks]
+    assert [len(batches) for batches in epochs] == [3, 3]
+    rows = np.concatenate([np.concatenate(batches) for batches in epochs])
+    assert len(np.unique(rows)) == len(rows)  # no row twice
+    # three of the epoch's 16 steps; a step is the split's 769 rows / 16 = ~48 rows
+    assert abs(len(rows) - 3 * sum(ROWS_PER_FILE) / 16) <= 2 * 3
+
+
+def test_a_rank_with_fewer_rows_than_steps_is_a_clear_error(tagged_dir: Path) -> None:
+    data = StreamingDataModule(tagged_dir.parent, batch_size=1, buffer_rows=100)
+    with pytest.raises(ValueError, match=r"rank 0 of 4 streams \d+ rows .*data.batch_size=1"):
+        next(iter(StreamedRankBatches(data, 0, 4, None)))
+
+
+def test_a_streaming_datamodule_ships_without_data(synthetic_processed_dir: Path) -> None:
+    """What a worker receives: no stream, no splits; val is read there when first asked for."""
+    module = StreamingDataModule(synthetic_processed_dir, batch_size=64, seed=2)
+    module.setup()
+    shipped = pickle.loads(pickle.dumps(module.detached()))
+    assert shipped.stream is None and dict(shipped.splits) == {}
+    assert module.stream is not None and len(module.splits["val"]) == 200  # original untouched
+    assert len(shipped.splits["val"]) == 200 and "test" not in dict(shipped.splits)

@@ -12,10 +12,10 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydra_plugins.mnist_optuna_sweeper.pruning import OptunaPruning
 from mnist_mlops.config import PROJECT_ROOT
 from mnist_mlops.train import train
 from mnist_mlops.training.callbacks import TrainingInterrupted
+from mnist_mlops.training.callbacks.pruning import OptunaPruning
 
 
 def run_sweep(
@@ -93,7 +93,7 @@ def test_pruned_trial_stops_training_and_is_marked_killed(
         cfg_train.callbacks = OmegaConf.create(
             {
                 "pruning": {
-                    "_target_": "hydra_plugins.mnist_optuna_sweeper.pruning.OptunaPruning",
+                    "_target_": "mnist_mlops.training.callbacks.pruning.OptunaPruning",
                     "storage": storage,
                     "study_name": "prune",
                     "trial_number": trial.number,

@@ -1,10 +1,11 @@
 """``backend=orca``: BigDL-Orca's PyTorch estimator on Spark (``Estimator.from_torch``).
 
-Orca starts ``workers_per_node`` DDP workers per Spark node (gloo) and runs its own batch loop;
-:class:`OrcaWorker`, an Orca ``MainCallback``, maps that loop's hooks onto the Lightning-style
-module (``training_step``, optimizer, schedulers) and, after each epoch, validates and reports
-to the driver through the protocol shared with ``backend=spark_ddp``
-(:mod:`mnist_mlops.training.backends.distributed`).
+This module is only the launcher (and Orca's context). Orca starts ``workers_per_node`` DDP
+workers per Spark node (gloo) and runs its own batch loop;
+:class:`~mnist_mlops.training.distributed.orca_worker.OrcaWorker`, an Orca ``MainCallback``,
+maps that loop's hooks onto the steps of the one epoch loop and, after each epoch, validates
+and reports to the driver through the protocol shared with ``backend=spark_ddp``
+(:mod:`mnist_mlops.training.distributed`).
 
 All epochs run in ONE ``fit`` call: Orca costs about 4 s per ``fit`` (barrier job, process
 group, model broadcast), which the original paid every epoch by calling ``fit`` per epoch.
@@ -23,37 +24,23 @@ Facts about BigDL 2.4 on pyspark 3.5 / Python 3.11 / Java 17 this module works a
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
-from mnist_mlops.training.backends.distributed import (
-    DistributedBackend,
-    TrainJob,
-    WorkerSession,
-    failures_reported,
-    positive_int,
-    worker_device,
-)
-from mnist_mlops.training.precision import forward_context
+from mnist_mlops.training.distributed.driver import DistributedBackend, positive_int
+from mnist_mlops.training.distributed.orca_worker import OrcaWorker, SessionBatches
+from mnist_mlops.training.distributed.protocol import TrainJob
 from mnist_mlops.utils.runtime import set_spark_env_defaults
 
 log = logging.getLogger(__name__)
-
-try:  # the worker callback must subclass Orca's MainCallback; Orca is an optional install
-    from bigdl.orca.learn.pytorch.callbacks.maincallback import MainCallback
-except ImportError:  # pragma: no cover - exercised only without scripts/install.d/orca.sh
-    MainCallback = object  # type: ignore[assignment,misc]
-
-_Hook = TypeVar("_Hook", bound=Callable[..., Any])
 
 # BigDL's jar ships a log4j2-test.xml, which log4j2 prefers over every other configuration and
 # which logs Spark at INFO (hundreds of lines per run); this file, passed explicitly, wins.
@@ -69,149 +56,6 @@ appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
 logger.py4j.name = py4j
 logger.py4j.level = error
 """
-
-
-def _reported(hook: _Hook) -> _Hook:
-    """Send an exception raised in a worker hook to the driver before Orca sees it."""
-
-    @functools.wraps(hook)
-    def wrapper(self: OrcaWorker, *args: Any, **kwargs: Any) -> Any:
-        with failures_reported(self.job.channel, self.rank):
-            return hook(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-class OrcaWorker(MainCallback):  # type: ignore[misc,valid-type]
-    """Runs on every Orca worker: Orca's runner hooks -> the module's steps, plus reporting.
-
-    One instance is pickled together with the model/optimizer/data creators (they call into
-    it), so on a worker they all share it. Orca calls, per worker: ``create_net`` and
-    ``create_optimizer`` (then wraps the net in DDP), ``train_batches``, ``before_run``, and
-    per epoch ``before_train_epoch``, ``on_train_forward``/``on_iter_backward`` per batch,
-    ``on_lr_adjust``, ``after_train_epoch``; finally ``after_run``.
-    """
-
-    def __init__(self, job: TrainJob) -> None:
-        self.job = job
-        self.rank = 0
-        self.session: WorkerSession | None = None
-        self.scheduler: Any = None
-        self.per_step = False
-        self._ddp_scope: contextlib.AbstractContextManager[None] | None = None
-        self._images = 0
-
-    # --- creators (also called once on the driver, where they only build objects) ----------
-    @_reported
-    def create_net(self, config: dict[str, Any]) -> torch.nn.Module:
-        net = self.job.module.net
-        if _in_spark_task():  # DDP wraps the net next: device and layout must be final now
-            device = worker_device(self.job.use_gpu, _partition_id())
-            net.to(device, memory_format=self.job.memory_format)
-        return net
-
-    @_reported
-    def create_optimizer(self, net: torch.nn.Module, config: dict[str, Any]) -> Any:
-        module = self.job.module
-        module.trainer = self.job  # answers max_epochs / estimated_stepping_batches
-        optimizers = module.configure_optimizers()
-        schedule = optimizers.get("lr_scheduler") or {}
-        self.scheduler = schedule.get("scheduler")
-        self.per_step = self.scheduler is not None and schedule.get("interval") == "step"
-        return optimizers["optimizer"]
-
-    def train_batches(self) -> _SessionBatches:
-        return _SessionBatches(self)
-
-    # --- Orca runner hooks ----------------------------------------------------------------------
-    @_reported
-    def before_run(self, runner: Any) -> None:
-        self.rank = int(runner.rank)
-        device = next(self.job.module.net.parameters()).device
-        self.session = WorkerSession(self.job, self.rank, int(runner.size), device)
-
-    @_reported
-    def before_train_epoch(self, runner: Any) -> None:
-        session = self._session()
-        if session.stopped:
-            return
-        session.start_epoch(runner.optimizer)
-        self._images = 0
-        self._ddp_scope = session.wrapped(runner.training_models[0])
-        self._ddp_scope.__enter__()
-        session.module.train()
-
-    @_reported
-    def on_train_forward(self, runner: Any) -> None:
-        session = self._session()
-        batch = session.to_device(runner.batch)
-        with forward_context(session.precision, session.device):
-            runner.loss = session.module.training_step(batch, runner.batch_idx)
-        self._images += int(batch[1].shape[0])
-
-    @_reported
-    def on_iter_backward(self, runner: Any) -> None:
-        runner.optimizer.zero_grad(set_to_none=True)
-        runner.loss.backward()
-        runner.optimizer.step()
-        if self.per_step:
-            self.scheduler.step()
-
-    @_reported
-    def on_lr_adjust(self, runner: Any) -> None:
-        if self.scheduler is not None and not self.per_step and not self._session().stopped:
-            self.scheduler.step()
-
-    @_reported
-    def after_train_epoch(self, runner: Any) -> None:
-        session = self._session()
-        if self._ddp_scope is None:  # an epoch skipped after the driver said stop
-            return
-        self._ddp_scope.__exit__(None, None, None)
-        self._ddp_scope = None
-        session.module.on_train_epoch_end()
-        session.train_finished(self._images)
-        session.finish_epoch()
-
-    @_reported
-    def after_run(self, runner: Any) -> None:
-        self._session().finish()
-
-    def _session(self) -> WorkerSession:
-        if self.session is None:
-            raise RuntimeError("Orca called a training hook before before_run")
-        return self.session
-
-
-class _SessionBatches:
-    """What Orca iterates each epoch: this rank's batches, or nothing once training stopped.
-
-    Orca builds the loader before ``before_run`` creates the session, so this stays lazy.
-    """
-
-    def __init__(self, worker: OrcaWorker) -> None:
-        self.worker = worker
-
-    def __iter__(self) -> Iterator[Any]:
-        session = self.worker._session()
-        return iter(()) if session.stopped else iter(session.train_batches)
-
-    def __len__(self) -> int:
-        session = self.worker._session()
-        return 0 if session.stopped else len(session.train_batches)
-
-
-def _in_spark_task() -> bool:
-    from pyspark import TaskContext
-
-    return TaskContext.get() is not None
-
-
-def _partition_id() -> int:
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    return context.partitionId() if context is not None else 0
 
 
 class OrcaBackend(DistributedBackend):
@@ -355,7 +199,7 @@ class OrcaBackend(DistributedBackend):
         def optimizer_creator(net: torch.nn.Module, config: dict[str, Any]) -> Any:
             return worker.create_optimizer(net, config)
 
-        def data_creator(config: dict[str, Any], batch_size: int) -> _SessionBatches:
+        def data_creator(config: dict[str, Any], batch_size: int) -> SessionBatches:
             return worker.train_batches()
 
         estimator = Estimator.from_torch(
@@ -369,7 +213,7 @@ class OrcaBackend(DistributedBackend):
         try:
             estimator.fit(
                 data=data_creator,
-                epochs=job.max_epochs,
+                epochs=job.trainer.max_epochs,
                 batch_size=job.datamodule.batch_size,
                 callbacks=[worker],
             )

@@ -1,33 +1,24 @@
 """``backend=spark_ddp``: DDP workers started by PySpark's ``TorchDistributor``.
 
-``TorchDistributor(num_processes, local_mode, use_gpu)`` runs :func:`ddp_worker` in
+This module is only the launcher. ``TorchDistributor(num_processes, local_mode, use_gpu)`` runs
+:func:`~mnist_mlops.training.distributed.worker.ddp_worker` (the worker entry) in
 ``num_processes`` processes: with ``local_mode`` as ``torchrun`` children of the driver, else as
 Spark barrier tasks on the executors, one process each, so any Spark master works (local,
 standalone, YARN, Kubernetes). Each process joins a gloo (CPU) or nccl (GPU) process group and
-runs the module's steps through ``DistributedDataParallel``; the epoch protocol, the data sharding
-and the reporting to the driver are shared with ``backend=orca`` in
-:mod:`mnist_mlops.training.backends.distributed`.
+runs the epoch loop through ``DistributedDataParallel``; the driver half, the protocol, the data
+sharding and the worker side are shared with ``backend=orca`` in
+:mod:`mnist_mlops.training.distributed`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from mnist_mlops.training.backends.distributed import (
-    DistributedBackend,
-    TrainJob,
-    WorkerSession,
-    failures_reported,
-    positive_int,
-    worker_device,
-)
-from mnist_mlops.training.backends.local import train_epoch
+from mnist_mlops.training.distributed.driver import DistributedBackend, positive_int
+from mnist_mlops.training.distributed.protocol import TrainJob
+from mnist_mlops.training.distributed.worker import ddp_worker
 from mnist_mlops.utils.runtime import set_spark_env_defaults
 
 if TYPE_CHECKING:
@@ -89,50 +80,3 @@ class SparkDDPBackend(DistributedBackend):
         if self._spark is not None:
             with contextlib.suppress(Exception):
                 self._spark.sparkContext.cancelAllJobs()
-
-
-def ddp_worker(job: TrainJob, threads: int | None, timeout_s: float) -> None:
-    """One DDP rank (runs in a ``torchrun`` child: RANK, WORLD_SIZE, LOCAL_RANK are set)."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    rank = int(os.environ["RANK"])
-    world = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    with failures_reported(job.channel, rank):
-        device = worker_device(job.use_gpu, local_rank)
-        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // per_machine))
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
-        )
-        try:
-            session = WorkerSession(job, rank, world, device)
-            ddp_net = DistributedDataParallel(
-                session.net, device_ids=[device.index] if device.type == "cuda" else None
-            )
-            config = session.module.configure_optimizers()
-            optimizer = config["optimizer"]
-            schedule = config.get("lr_scheduler") or {}
-            scheduler = schedule.get("scheduler")
-            per_step = scheduler is not None and schedule.get("interval") == "step"
-            while not session.stopped:
-                session.start_epoch(optimizer)
-                with session.wrapped(ddp_net):
-                    images = train_epoch(
-                        session.module,
-                        session.train_batches,
-                        optimizer,
-                        scheduler if per_step else None,
-                        session,
-                        session.memory_format,
-                    )
-                session.train_finished(images)
-                if scheduler is not None and not per_step:
-                    scheduler.step()
-                session.finish_epoch()
-            session.finish()
-        finally:
-            dist.destroy_process_group()

@@ -1,8 +1,9 @@
-"""Trial-side half of the sweeper: report the per-epoch selection metric, stop pruned trials.
+"""Trial-side half of the Optuna sweep: report the per-epoch selection metric, stop pruned trials.
 
-Runs inside the training job as an ordinary trainer callback. It reaches the trial through the
-study storage (so it also works when a launcher runs trials in other processes) and judges
-with the same pruner the sweeper uses.
+Runs inside the training job as an ordinary trainer callback: ``conf/hparams_search/optuna.yaml``
+names it by ``_target_``, so the sweeper plugin in ``hydra_plugins/`` never imports training.
+It reaches the trial through the study storage (so it also works when a launcher runs trials
+in other processes) and judges with the same pruner the sweeper uses.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from mnist_mlops.training.callbacks import Callback, TrainingInterrupted
+from mnist_mlops.training.callbacks.base import Callback, TrainingInterrupted
 
 
 class PrunedTrial(TrainingInterrupted, optuna.TrialPruned):
