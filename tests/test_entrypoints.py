@@ -111,3 +111,39 @@ def test_a_bad_value_is_one_line_naming_it_and_exit_failed(tmp_path: Path) -> No
     assert len(lines) == 1 and str(missing) in lines[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+# The layers of the package, lowest first: a module imports only from its own package or a lower
+# layer (README, "How the code is laid out"); the entrypoints sit on top and nothing imports them.
+LAYERS = [
+    {"config", "exit_codes", "utils"},
+    {"data"},
+    {"models", "training", "predictions"},
+    {"tracking"},
+    {"serving", "monitoring"},
+    {"retraining"},
+    {*ENTRYPOINTS, "stage_params"},
+]
+
+
+def _layer_of(module: str) -> tuple[int, str]:
+    part = module.split(".")[1] if "." in module else module
+    for rank, layer in enumerate(LAYERS):
+        if part in layer:
+            return rank, part
+    raise AssertionError(f"{module} is in no layer: add its package to LAYERS and the README")
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    from test_import_graph import import_graph  # the ast import graph of the whole package
+
+    upward = []
+    for module, imported in import_graph().items():
+        if module == "mnist_mlops":
+            continue
+        rank, package = _layer_of(module)
+        for target in imported - {"mnist_mlops"}:
+            target_rank, target_package = _layer_of(target)
+            if target_package != package and target_rank >= rank:
+                upward.append(f"{module} -> {target}")
+    assert upward == []
