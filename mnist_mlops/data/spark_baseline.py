@@ -366,12 +366,18 @@ def _pairwise_sums(features: DataFrame, n: int, means: list[float] | None) -> li
             ),  # fmt: skip
         )
 
-    collected = features.mapInArrow(pieces, out_schema).collect()
+    # through Arrow, as columns: no Row object per value on the driver
+    collected = features.mapInArrow(pieces, out_schema).toPandas()
     sums = []
     for f in range(len(_COLUMNS)):
-        mine = [r for r in collected if r["feature"] == f]
-        nodes = {(r["lo"], r["hi"]): r["value"] for r in mine if not r["kind"]}
-        loose = {r["lo"]: r["value"] for r in mine if r["kind"]}
+        mine = collected[collected["feature"] == f]
+        kind, lo, hi = mine["kind"].to_numpy(), mine["lo"].to_numpy(), mine["hi"].to_numpy()
+        value = mine["value"].to_numpy()
+        nodes = {
+            (int(a), int(b)): float(v)
+            for a, b, v in zip(lo[kind == 0], hi[kind == 0], value[kind == 0], strict=True)
+        }
+        loose = {int(a): float(v) for a, v in zip(lo[kind == 1], value[kind == 1], strict=True)}
         sums.append(combine_pairwise(n, nodes, loose))
     return sums
 
@@ -400,15 +406,15 @@ def _quantiles(features: DataFrame, n: int) -> list[np.ndarray]:
         features.mapInArrow(bucket_counts, schema)
         .groupBy("feature", "key")
         .agg(F.sum("n").alias("n"))
-        .collect()
+        .toPandas()  # through Arrow: a few thousand buckets per feature, as columns
     )
     # for each feature, the bucket holding each wanted rank and the rank inside the bucket
     targets: dict[int, dict[int, int]] = {}  # feature -> {bucket: rows before it}
     where: dict[tuple[int, int], tuple[int, int]] = {}  # (feature, rank) -> (bucket, offset)
     for f in range(len(_COLUMNS)):
-        table = sorted((r["key"], r["n"]) for r in coarse if r["feature"] == f)
-        keys = np.array([k for k, _ in table], dtype=np.int64)
-        ends = np.cumsum([c for _, c in table])
+        table = coarse[coarse["feature"] == f].sort_values("key")
+        keys = table["key"].to_numpy(dtype=np.int64)
+        ends = np.cumsum(table["n"].to_numpy(dtype=np.int64))
         for rank in ranks:
             b = int(np.searchsorted(ends, rank, side="right"))
             before = int(ends[b - 1]) if b else 0
@@ -433,15 +439,18 @@ def _quantiles(features: DataFrame, n: int) -> list[np.ndarray]:
         features.mapInArrow(value_counts, "feature int, value double, n long")
         .groupBy("feature", "value")
         .agg(F.sum("n").alias("n"))
-        .collect()
+        .toPandas()
     )
     result = []
     for f in range(len(_COLUMNS)):
+        mine = fine[fine["feature"] == f]
+        values = mine["value"].to_numpy(dtype=np.float64)
+        counts = mine["n"].to_numpy(dtype=np.int64)
+        buckets = order_key(values) >> _BUCKET_SHIFT
         by_bucket: dict[int, list[tuple[float, int]]] = {}
-        for r in fine:
-            if r["feature"] == f:
-                key = int(order_key(np.array([r["value"]]))[0] >> _BUCKET_SHIFT)
-                by_bucket.setdefault(key, []).append((r["value"], r["n"]))
+        rows = zip(buckets.tolist(), values.tolist(), counts.tolist(), strict=True)
+        for key, value, count in rows:
+            by_bucket.setdefault(key, []).append((value, count))
 
         def value_at(rank: int, f: int = f, by_bucket: dict = by_bucket) -> float:
             bucket, offset = where[(f, rank)]

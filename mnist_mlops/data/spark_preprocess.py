@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import shutil
 import time
 from collections.abc import Iterator
@@ -64,6 +65,11 @@ _RAW_SCRATCH = "_raw"  # the inflated IDX files, inside staging, removed before 
 # data). With v2 pages and no dictionary every chunk has exactly one encoding: same rows,
 # same bytes.
 _REPRODUCIBLE_PARQUET = {"parquet.writer.version": "v2", "parquet.enable.dictionary": "false"}
+# Row groups of at most ~16 MB as parquet-mr counts them (compressed pages once flushed:
+# ~65k MNIST rows) instead of its 128 MB default. Readers hold a row group's column chunk:
+# the driver's streamed hash, a baseline task, a training rank. At 70k every file is one
+# group either way (the largest is ~6 MB), so the files are the same bytes as before.
+_ROW_GROUP_BYTES = str(16 << 20)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,14 @@ def timed_step(key: str, description: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     seconds = time.perf_counter() - start
-    log.info("%s done in %.2f s", description, seconds, extra={"step": key, "seconds": seconds})
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    log.info(
+        "%s done in %.2f s (driver max RSS so far %.0f MB)",
+        description,
+        seconds,
+        peak_mb,
+        extra={"step": key, "seconds": seconds},
+    )
 
 
 def class_quotas(label_counts: np.ndarray, val_size: int, key: str = "data.val_size") -> np.ndarray:
@@ -181,12 +194,15 @@ def write_splits(frame: DataFrame, out_dir: Path, partitions: int, normalization
         )
         .coalesce(partitions)
         .write.mode("errorifexists")
-        .options(**_REPRODUCIBLE_PARQUET)
+        .options(**_REPRODUCIBLE_PARQUET, **{"parquet.block.size": _ROW_GROUP_BYTES})
         .partitionBy("split")
         .parquet(str(spark_out))
     )
     for split in SPLITS:
-        written = sorted((spark_out / f"split={split}").glob("part-*.parquet"))
+        # numbered by their first image_id: Spark's task number is not always the order of the
+        # rows (on a standalone cluster coalesce may hand the second half to task 0), and the
+        # streamed hash, the baseline and the loaders read the files in name order
+        written = sorted((spark_out / f"split={split}").glob("part-*.parquet"), key=_first_image_id)
         if not written:
             raise RuntimeError(f"Spark wrote no rows for split {split!r} into {spark_out}")
         if len(written) > partitions:
@@ -198,6 +214,15 @@ def write_splits(frame: DataFrame, out_dir: Path, partitions: int, normalization
         for index, part in enumerate(written):
             part.rename(target / f"part-{index:05d}.parquet")
     shutil.rmtree(spark_out)
+
+
+def _first_image_id(path: Path) -> str:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1, columns=["image_id"]):
+        if batch.num_rows:
+            return str(batch.column(0)[0].as_py())
+    return ""
 
 
 @dataclass(frozen=True)
@@ -248,6 +273,32 @@ def train_label_counts(keys: DataFrame) -> np.ndarray:
     return counts
 
 
+def split_summaries(spark: SparkSession, out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Rows, files, content hash and label counts per split, each streamed by one Spark task.
+
+    A sha256 is one sequential pass, so one reader per split; running it in a task keeps the
+    reader's buffers (a row group's column chunk) off the driver, and the four splits hash in
+    parallel.
+    """
+    directories = [str(out_dir / split) for split in SPLITS]
+
+    def summarise(directory: str) -> tuple[str, tuple[int, str, list[int]]]:
+        return directory, streamed_split_summary(Path(directory), require_order=True)
+
+    results = dict(
+        spark.sparkContext.parallelize(directories, len(directories)).map(summarise).collect()
+    )
+    return {
+        split: {
+            "rows": results[directory][0],
+            "files": len(list(Path(directory).glob("*.parquet"))),
+            "content_hash": results[directory][1],
+            "label_counts": results[directory][2],
+        }
+        for split, directory in zip(SPLITS, directories, strict=True)
+    }
+
+
 def run_preprocessing(
     spark: SparkSession,
     settings: PreprocessSettings,
@@ -278,18 +329,8 @@ def run_preprocessing(
             frame = assign_splits(frame, quotas, settings.split_seed, gate_quotas)
             write_splits(frame, staging, settings.partitions, normalization)
         shutil.rmtree(scratch)
-        splits: dict[str, dict[str, Any]] = {}
-        with timed_step("hash", "hashing the written splits (streamed)"):
-            for split in SPLITS:
-                rows, digest, label_counts = streamed_split_summary(
-                    staging / split, require_order=True
-                )
-                splits[split] = {
-                    "rows": rows,
-                    "files": len(list((staging / split).glob("*.parquet"))),
-                    "content_hash": digest,
-                    "label_counts": label_counts,
-                }
+        with timed_step("hash", "hashing the written splits (streamed, one task per split)"):
+            splits = split_summaries(spark, staging)
         with timed_step("baseline", "Spark: the drift baseline of the train split"):
             baseline = spark_baseline(
                 spark,
