@@ -163,6 +163,15 @@ def _column_bytes(files: list[Path], column: str) -> Iterator[bytes]:
                 yield pixels_to_images(values).tobytes()
 
 
+def recorded_dataset_hash(processed_dir: str | Path) -> str:
+    """The ``dataset_hash`` preprocessing wrote to ``manifest.json`` (``unknown`` without one):
+    the data lineage tag of a training run."""
+    try:
+        return str(json.loads((Path(processed_dir) / "manifest.json").read_text())["dataset_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
 def data_normalization(
     processed_dir: str | Path, mean: float | None = None, std: float | None = None
 ) -> tuple[float, float]:

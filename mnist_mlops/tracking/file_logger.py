@@ -11,9 +11,6 @@ torch and Hydra do.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -21,38 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_mlops.data.manifest import recorded_dataset_hash
 from mnist_mlops.models.convnet import count_parameters
 from mnist_mlops.training.callbacks import Callback, TrainingInterrupted
 from mnist_mlops.utils.atomic import atomic_write_json
+from mnist_mlops.utils.hardware import hardware_description
 
 if TYPE_CHECKING:
     from mnist_mlops.training.module import ClassifierModule
     from mnist_mlops.training.trainer import Trainer
-
-
-def device_description(device: torch.device) -> str:
-    """GPU name (and CUDA version), or CPU model, cores and torch threads: the table's hardware."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def _manifest_hash(processed_dir: str | Path) -> str:
-    try:
-        return str(json.loads((Path(processed_dir) / "manifest.json").read_text())["dataset_hash"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unknown"
 
 
 class JsonFileLogger(Callback):
@@ -85,7 +61,7 @@ class JsonFileLogger(Callback):
         self.record["config"] = OmegaConf.to_container(job, resolve=True)
         self.record["seed"] = cfg.get("seed")
         self.record["config_tags"] = list(cfg.get("tags") or [])
-        self.record["data_manifest_hash"] = _manifest_hash(cfg.data.processed_dir)
+        self.record["data_manifest_hash"] = recorded_dataset_hash(cfg.data.processed_dir)
         self.record["started"] = time.time()
         self._write()
         status = "FAILED"
@@ -109,7 +85,7 @@ class JsonFileLogger(Callback):
                 "params_trainable": counts["trainable"],
                 "device": str(trainer.device),
                 "precision": trainer.precision,
-                "hardware": device_description(trainer.device),
+                "hardware": hardware_description(trainer.device),
                 "backend": getattr(trainer.backend, "name", type(trainer.backend).__name__),
             }
         )

@@ -8,9 +8,6 @@ code that imports MLflow; the trainer reaches it through the callback hooks.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import platform
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -25,6 +22,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import PROJECT_ROOT
+from mnist_mlops.data.manifest import recorded_dataset_hash
 from mnist_mlops.models.convnet import count_parameters
 from mnist_mlops.models.inference import MODEL_ARTIFACT, InferenceModel
 from mnist_mlops.tracking.plots import (
@@ -34,6 +32,7 @@ from mnist_mlops.tracking.plots import (
 )
 from mnist_mlops.tracking.setup import configure_mlflow, ensure_experiment
 from mnist_mlops.training.callbacks import Callback, TrainingInterrupted
+from mnist_mlops.utils.hardware import hardware_description
 
 if TYPE_CHECKING:
     from mnist_mlops.training.module import ClassifierModule
@@ -76,30 +75,6 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}+dirty" if dirty else head
-
-
-def data_manifest_hash(processed_dir: str | Path) -> str:
-    """The ``dataset_hash`` preprocessing wrote to ``manifest.json`` (``unknown`` without one)."""
-    manifest = Path(processed_dir) / "manifest.json"
-    try:
-        return str(json.loads(manifest.read_text())["dataset_hash"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unknown"
-
-
-def hardware_description(device: torch.device) -> str:
-    """What the run ran on, for results tables: GPU name, or CPU model, cores and torch threads."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 class MlflowLogger(Callback):
@@ -154,7 +129,7 @@ class MlflowLogger(Callback):
             items = sorted(params.items())
             for start in range(0, len(items), 100):  # MLflow takes at most 100 per batch
                 mlflow.log_params(dict(items[start : start + 100]))
-            mlflow.set_tag("data_manifest_hash", data_manifest_hash(cfg.data.processed_dir))
+            mlflow.set_tag("data_manifest_hash", recorded_dataset_hash(cfg.data.processed_dir))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
         counts = count_parameters(module.net)
         mlflow.log_params(
