@@ -14,7 +14,6 @@ the functions, so ``--help`` and ``--cfg`` answer before they load.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import signal
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR, resolved_once
 from mnist_mlops.exit_codes import bad_input_exits
+from mnist_mlops.utils.atomic import atomic_open, atomic_write_json
 
 if TYPE_CHECKING:
     from mnist_mlops.training.callbacks import Callback
@@ -118,15 +118,12 @@ def write_reports(
     report_dir: Path, metrics: dict[str, Any], history: list[dict[str, float]]
 ) -> None:
     """Files for DVC: final metrics (JSON), the learning curve (CSV) and which run made them."""
-    report_dir.mkdir(parents=True, exist_ok=True)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    (report_dir / "metrics.json").write_text(json.dumps(numeric, indent=2, sort_keys=True) + "\n")
-    (report_dir / "run.json").write_text(
-        json.dumps({"run_id": metrics["run_id"], "model_uri": metrics["model_uri"]}, indent=2)
-        + "\n"
-    )
+    atomic_write_json(report_dir / "metrics.json", numeric, sort_keys=True)
+    run = {"run_id": metrics["run_id"], "model_uri": metrics["model_uri"]}
+    atomic_write_json(report_dir / "run.json", run)
     columns = ["epoch", *sorted({k for h in history for k in h})]
-    with (report_dir / "learning_curve.csv").open("w", newline="") as handle:
+    with atomic_open(report_dir / "learning_curve.csv", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for epoch, row in enumerate(history, start=1):

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mnist_mlops.utils.atomic import atomic_path
 from mnist_mlops.utils.runtime import require_java, set_spark_env_defaults
 
 if TYPE_CHECKING:
@@ -116,9 +117,7 @@ def _cds_use_options(archive: Path) -> str:
 def build_class_data_archive() -> Path:
     """Dump the archive from a real (tiny, synthetic) preprocessing run in a child process."""
     archive = class_data_archive(require_java())
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    staging = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(archive) as staging:
         subprocess.run(
             [sys.executable, "-m", "mnist_mlops.data.spark", "--dump-to", str(staging)],
             check=True,
@@ -126,9 +125,6 @@ def build_class_data_archive() -> Path:
         )
         if not staging.is_file() or staging.stat().st_size == 0:
             raise RuntimeError(f"the JVM wrote no class-data archive to {staging}")
-        os.replace(staging, archive)
-    finally:
-        staging.unlink(missing_ok=True)
     log.info("class-data archive ready: %s (%.0f MB)", archive, archive.stat().st_size / 1e6)
     return archive
 
