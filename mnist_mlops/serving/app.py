@@ -14,7 +14,7 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -62,17 +62,25 @@ from mnist_mlops.serving.service import Prediction, PredictionService
 from mnist_mlops.serving.settings import ServingSettings, settings_from_environment
 
 STATIC_DIR = Path(__file__).parent / "static"
-_ERRORS = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
+
+
+def _error_responses(descriptions: dict[int, str]) -> dict[int, dict[str, Any]]:
+    """OpenAPI ``responses=`` for error codes: every error body is an ``ErrorResponse``."""
+    return {
+        code: {"model": ErrorResponse, "description": text} for code, text in descriptions.items()
+    }
+
+
+_ERRORS = _error_responses(
+    {
         400: "Malformed request",
         408: "The body did not arrive within body_read_timeout_s (connection closed)",
         413: "Body, picture or batch too large (the message names the limit)",
         415: "Unsupported Content-Type",
         422: "Invalid input (the message names the problem)",
         503: "No model loaded yet, or busy decoding (Retry-After)",
-    }.items()
-}
+    }
+)
 # Both predict routes parse a body and need a model, so they share every error response.
 _PREDICT_ERRORS = {k: _ERRORS[k] for k in (400, 408, 413, 415, 422, 503)}
 _IMAGE_UPLOAD = {"schema": {"type": "string", "format": "binary"}}
@@ -331,17 +339,16 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @app.post(
         "/feedback",
         response_model=FeedbackResponse,
-        responses={
-            code: {"model": ErrorResponse, "description": text}
-            for code, text in {
+        responses=_error_responses(
+            {
                 401: "No feedback_token, and feedback_require_token is set",
                 403: "feedback_token does not match the prediction id",
                 404: "Unknown prediction id (untrusted feedback only)",
                 409: "This prediction already has feedback (one label per id: the first wins)",
                 429: "Too much feedback from this client (per-IP token bucket)",
                 503: "The label could not be stored (disk full)",
-            }.items()
-        },
+            }
+        ),
         summary="Record the true label of a served prediction (with its feedback_token: trusted)",
     )
     def feedback(body: FeedbackRequest, request: Request) -> Response:
@@ -357,10 +364,9 @@ def create_app(settings: ServingSettings) -> FastAPI:
     @app.post(
         "/admin/reload",
         response_model=Readiness,
-        responses={
-            401: {"model": ErrorResponse, "description": "Missing or wrong token"},
-            403: {"model": ErrorResponse, "description": "Admin endpoints disabled"},
-        },
+        responses=_error_responses(
+            {401: "Missing or wrong token", 403: "Admin endpoints disabled"}
+        ),
         summary="Re-resolve the production alias now (Authorization: Bearer <token>)",
     )
     def admin_reload(authorization: Annotated[str | None, Header()] = None) -> Response:
