@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR, resolved_once
-from mnist_mlops.exit_codes import bad_input_exits
+from mnist_mlops.exit_codes import bad_input_exits, exit_with
 from mnist_mlops.utils.atomic import atomic_open, atomic_write_json
 
 if TYPE_CHECKING:
@@ -166,8 +167,15 @@ def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     log.info("config:\n%s", OmegaConf.to_yaml(resolved_once(cfg)))  # each group once
     # a bad value: one line and exit 1 (a sweep's trials fail through Hydra instead)
-    with bad_input_exits("train") if _single_run() else nullcontext():
-        metrics = train(cfg)
+    try:
+        with bad_input_exits("train") if _single_run() else nullcontext():
+            metrics = train(cfg)
+    except TrainingInterrupted:
+        if not _signalled:  # a pruned sweep trial: the sweeper records it
+            raise
+        # killed: the run is closed as KILLED; end the process (and any sweep) with 128 + N
+        print(f"train: stopped by signal {_signalled[0]}", file=sys.stderr)
+        exit_with(128 + _signalled[0])
     name = cfg.get("optimized_metric")
     return metric_value(metrics, name) if name else None
 
