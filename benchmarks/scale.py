@@ -334,6 +334,41 @@ def preprocess_run(raw: Path, out: Path, size: int, master: str, cluster: bool) 
     }  # fmt: skip
 
 
+def ddp_run(processed: Path, size: int, batches: int) -> dict:
+    """One (limited) epoch of backend=spark_ddp, 2 processes, streaming the train split."""
+    command = [
+        sys.executable, "-m", "mnist_mlops.train", "backend=spark_ddp", "data=mnist8m",
+        f"data.processed_dir={processed}", "data.streaming=true", "debug=nolog",
+        "trainer.device=cpu", f"trainer.limit_train_batches={batches}",
+        "trainer.limit_val_batches=5", "trainer.limit_test_batches=5",
+        f"hydra.run.dir={processed.parent}/hydra-ddp-{size}",
+    ]  # fmt: skip
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    sampler = ClusterSampler(child.pid)
+    sampler.start()
+    output, _ = child.communicate()
+    wall = time.perf_counter() - started
+    sampler.stop.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"spark_ddp failed for size {size}:\n{output[-3000:]}")
+    return {
+        "size": size,
+        "train_batches_per_rank": batches,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(sum(sampler.cpu.values()), 1),
+        "load_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        # the ranks are the driver's non-JVM descendants (torchrun and its workers)
+        "peak_rss_one_worker_mb": round(sampler.peak_rss.get("local_workers", 0) / MB),
+        "peak_sum_rss_workers_mb": round(sampler.peak_sum.get("local_workers", 0) / MB),
+        "peak_rss_driver_mb": round(sampler.peak_rss.get("driver", 0) / MB),
+    }
+
+
 def standalone(action: str) -> str:
     env = {
         **os.environ,
@@ -350,7 +385,9 @@ def standalone(action: str) -> str:
     return result.stdout.strip()
 
 
-def preprocess_bench(sizes: list[int], real_raw: Path, cluster: bool, work: Path) -> list[dict]:
+def preprocess_bench(
+    sizes: list[int], real_raw: Path, cluster: bool, work: Path, ddp_batches: int = 0
+) -> list[dict]:
     rows = []
     master_url = standalone("start") if cluster else ""
     try:
@@ -362,6 +399,10 @@ def preprocess_bench(sizes: list[int], real_raw: Path, cluster: bool, work: Path
                 row = preprocess_run(raw, out, size, master, is_cluster)
                 rows.append(row)
                 print("preprocess", json.dumps(row), flush=True)
+                if ddp_batches and not is_cluster:
+                    ddp = {"spark_ddp": ddp_run(out, size, ddp_batches)}
+                    rows.append(ddp)
+                    print("spark_ddp ", json.dumps(ddp), flush=True)
                 shutil.rmtree(out)
             shutil.rmtree(raw)
     finally:
@@ -378,6 +419,10 @@ def main() -> None:
         help="benchmark preprocessing at these sizes instead (needs MNIST_RAW_DIR)",
     )  # fmt: skip
     parser.add_argument("--standalone", action="store_true", help="also on a 2-worker cluster")
+    parser.add_argument(
+        "--ddp-batches", type=int, default=0, metavar="N",
+        help="after each local preprocess, one spark_ddp epoch (2 ranks, streaming) of N batches",
+    )  # fmt: skip
     parser.add_argument("--work-dir", type=Path, help="for the big files (default: a tmp dir)")
     parser.add_argument("--source-dir", type=Path, help="a real processed directory")
     parser.add_argument("--partitions", type=int, default=2)
@@ -389,7 +434,9 @@ def main() -> None:
         if not real_raw:
             raise SystemExit("--preprocess needs MNIST_RAW_DIR (the real IDX files to tile)")
         with tempfile.TemporaryDirectory(prefix="scale-pre-", dir=args.work_dir) as tmp:
-            rows = preprocess_bench(args.preprocess, Path(real_raw), args.standalone, Path(tmp))
+            rows = preprocess_bench(
+                args.preprocess, Path(real_raw), args.standalone, Path(tmp), args.ddp_batches
+            )
         if args.json:
             args.json.write_text(
                 json.dumps({"cpu": _cpu_model(), "preprocess": rows}, indent=2) + "\n"
