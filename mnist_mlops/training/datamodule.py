@@ -91,32 +91,59 @@ class TensorSplit:
         return int(self.labels.shape[0])
 
 
-class _EpochBatches(Dataset):
-    """Item ``i`` is batch ``i`` of one epoch's order, so a DataLoader can build them in workers."""
+class EpochBatches(Dataset):
+    """Item ``i`` is batch ``i`` of one epoch's order, so a DataLoader can build them in workers.
 
-    def __init__(self, module: MnistDataModule, split: TensorSplit, batch_size: int, train: bool):
+    The epoch's order and augmentation seed are drawn from ``generator`` (``randperm``, then one
+    ``randint``). A distributed rank ``r`` of ``world`` draws the same order from the same seed
+    and takes rows ``r, r + world, ...`` of each global batch, so with one rank its batches are
+    those of a local run. ``max_batches`` counts global batches of ``batch_size`` rows, as
+    ``limit_*_batches`` do. For training, a final global batch smaller than the world size is
+    dropped so that every rank runs the same number of steps (DDP needs that).
+    """
+
+    def __init__(
+        self,
+        module: MnistDataModule,
+        split: TensorSplit,
+        batch_size: int,
+        train: bool,
+        generator: torch.Generator,
+        rank: int = 0,
+        world: int = 1,
+        max_batches: int | None = None,
+    ) -> None:
         self.module, self.split, self.batch_size, self.train = module, split, batch_size, train
+        self.rank, self.world = rank, world
+        rows = len(split) if max_batches is None else min(len(split), max_batches * batch_size)
         if train:
-            self.order = torch.randperm(len(split), generator=module.generator).to(
-                split.labels.device
-            )
+            self.order = torch.randperm(len(split), generator=generator)[:rows]
             # augmentation draws come from (epoch seed, batch index): the same images whether
             # batches are built here or in DataLoader workers (which get forked RNG copies)
-            self.epoch_seed = int(torch.randint(2**62, (1,), generator=module.generator))
+            self.epoch_seed = int(torch.randint(2**62, (1,), generator=generator))
         else:
-            self.order = torch.arange(len(split), device=split.labels.device)
+            self.order = torch.arange(rows)
             self.epoch_seed = 0
+        self.order = self.order.to(split.labels.device)
+        full, rest = divmod(rows, batch_size)
+        self.num_batches = full + (1 if rest >= (world if train else 1) else 0)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.split) / self.batch_size)
+        return self.num_batches
 
     def __getitem__(self, index: int) -> Batch:
-        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        generator = torch.Generator().manual_seed(self.epoch_seed + index) if self.train else None
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        idx = rows[self.rank :: self.world]
+        generator = None
+        if self.train:  # rank 0 draws as a local run does; other ranks draw their own
+            generator = torch.Generator().manual_seed(self.epoch_seed + index + 7919 * self.rank)
         return self.module.make_batch(self.split, idx, self.train, generator)
 
     def __iter__(self) -> Iterator[Batch]:
-        return (self[i] for i in range(len(self)))
+        for index in range(len(self)):
+            batch = self[index]
+            if len(batch[1]):  # only validation can leave a rank without rows
+                yield batch
 
 
 class MnistDataModule:
@@ -200,7 +227,7 @@ class MnistDataModule:
     def _loader(self, split: str, batch_size: int, train: bool) -> Dataset | DataLoader:
         if not self.splits:
             raise RuntimeError("call setup() before asking for dataloaders")
-        batches = _EpochBatches(self, self.splits[split], batch_size, train)
+        batches = EpochBatches(self, self.splits[split], batch_size, train, self.generator)
         if self.num_workers == 0 or self.keep_on_device:
             return batches
         return DataLoader(

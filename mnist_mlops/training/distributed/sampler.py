@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mnist_mlops.training.datamodule import EpochBatches
+
 if TYPE_CHECKING:
     from mnist_mlops.training.datamodule import MnistDataModule, TensorSplit
     from mnist_mlops.training.streaming import StreamingDataModule
@@ -27,15 +29,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class RankBatches:
-    """This rank's part of every global batch, in an order that is the same on every rank.
+    """This rank's part of every global batch of the in-memory split, one epoch per iteration.
 
-    Each epoch draws the global order and the augmentation seed exactly as the data module's
-    own epoch does (``randperm`` then one ``randint`` from a generator seeded with the run's
-    seed), so with one rank the batches are those of a local run; rank ``r`` of ``w`` takes rows
-    ``r, r+w, ...`` of each global batch. ``max_batches`` counts global batches of
-    ``batch_size`` rows, as ``limit_*_batches`` does in a local run. For training, a final
-    global batch smaller than the world size is dropped so that every rank runs the same number
-    of steps (DDP needs that).
+    Each epoch is an :class:`~mnist_mlops.training.datamodule.EpochBatches` (the data module's
+    own epoch) drawn from a generator seeded with the run's seed, the same on every rank, so
+    with one rank the batches are those of a local run.
     """
 
     def __init__(
@@ -50,32 +48,27 @@ class RankBatches:
         train: bool,
     ) -> None:
         self.datamodule, self.split, self.batch_size = datamodule, split, batch_size
-        self.rank, self.world, self.train = rank, world, train
+        self.rank, self.world, self.max_batches, self.train = rank, world, max_batches, train
         self.order_generator = torch.Generator().manual_seed(seed)
-        self.rows = len(split) if max_batches is None else min(len(split), max_batches * batch_size)
-        full, rest = divmod(self.rows, batch_size)
-        self.num_batches = full + (1 if rest >= (world if train else 1) else 0)
+        self.num_batches = len(self._epoch(torch.Generator().manual_seed(seed)))
+
+    def _epoch(self, generator: torch.Generator) -> EpochBatches:
+        return EpochBatches(
+            self.datamodule,
+            self.split,
+            self.batch_size,
+            self.train,
+            generator,
+            self.rank,
+            self.world,
+            self.max_batches,
+        )
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch_seed = 0
-        if self.train:
-            order = torch.randperm(len(self.split), generator=self.order_generator)[: self.rows]
-            epoch_seed = int(torch.randint(2**62, (1,), generator=self.order_generator))
-        else:
-            order = torch.arange(self.rows)
-        order = order.to(self.split.labels.device)
-        for index in range(self.num_batches):
-            rows = order[index * self.batch_size : (index + 1) * self.batch_size]
-            mine = rows[self.rank :: self.world]
-            if not len(mine):  # only validation can leave a rank without rows
-                continue
-            augment = None
-            if self.train:  # rank 0 draws as a local run does; other ranks draw their own
-                augment = torch.Generator().manual_seed(epoch_seed + index + 7919 * self.rank)
-            yield self.datamodule.make_batch(self.split, mine, self.train, augment)
+        return iter(self._epoch(self.order_generator))
 
 
 class StreamedRankBatches:
