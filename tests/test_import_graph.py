@@ -123,3 +123,16 @@ def test_relative_and_type_only_imports_make_edges(tmp_path: Path) -> None:
         "mnist_mlops.training.trainer",
         "mnist_mlops.training.callbacks",
     }
+
+
+def test_the_sweeper_plugin_imports_nothing_from_training() -> None:
+    """The pruning callback is reached through config (``_target_``), never by an import: Hydra
+    re-executes plugin modules when it scans ``hydra_plugins``, and a sweep must not need the
+    training package to be importable in the sweeper's process."""
+    plugin_root = PACKAGE_ROOT.parent / "hydra_plugins"
+    plugins = list(plugin_root.rglob("*.py"))
+    assert plugins
+    for path in plugins:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            for name in _imported("hydra_plugins.x", path, node):
+                assert not name.startswith("mnist_mlops.training"), f"{path}: imports {name}"
