@@ -21,7 +21,7 @@ import torch
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_mlops.config import PROJECT_ROOT
+from mnist_mlops.config import PROJECT_ROOT, resolved_once
 from mnist_mlops.data.manifest import recorded_dataset_hash
 from mnist_mlops.models.convnet import count_parameters
 from mnist_mlops.models.inference import MODEL_ARTIFACT, InferenceModel
@@ -42,9 +42,13 @@ _MAX_PARAM_LENGTH = 6000  # MLflow's limit for one param value
 
 
 def flatten_config(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:
-    """``{"model.optimizer.lr": "0.01", ...}`` from a resolved config (lists kept as text)."""
+    """``{"model.optimizer.lr": "0.01", ...}`` from a resolved config (lists kept as text).
+
+    Each group is logged once: a reference to a whole group (``logger.registry: ${registry}``)
+    is logged as that reference, not as a second copy of the group's keys.
+    """
     if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg = resolved_once(cfg)
     flat: dict[str, str] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
@@ -130,7 +134,8 @@ class MlflowLogger(Callback):
             for start in range(0, len(items), 100):  # MLflow takes at most 100 per batch
                 mlflow.log_params(dict(items[start : start + 100]))
             mlflow.set_tag("data_manifest_hash", recorded_dataset_hash(cfg.data.processed_dir))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+            # resolved, with each group once (a reference stays ``${registry}``), as in params
+            mlflow.log_text(OmegaConf.to_yaml(resolved_once(cfg)), "config/config.yaml")
         counts = count_parameters(module.net)
         mlflow.log_params(
             {
