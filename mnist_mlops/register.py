@@ -40,8 +40,8 @@ def _run_id_from_file(path: str | None) -> str | None:
 def register(cfg: DictConfig, run_id: str | None = None) -> PromotionDecision:
     """Register the chosen run's model, stage it, gate it, and write the decision report."""
     from mnist_mlops.data.splits import load_split
+    from mnist_mlops.models.inference import MODEL_ARTIFACT
     from mnist_mlops.tracking.registry import (
-        MODEL_ARTIFACT,
         load_logged_model,
         promote_if_better,
         refuse_debug_run,

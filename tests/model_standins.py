@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mnist_mlops.data.splits import load_split
-from mnist_mlops.models.inference import InferenceModel
-from mnist_mlops.tracking.registry import MODEL_ARTIFACT, score_model
+from mnist_mlops.models.inference import MODEL_ARTIFACT, InferenceModel
+from mnist_mlops.tracking.registry import score_model
 from mnist_mlops.tracking.setup import configure_mlflow, ensure_experiment
 
 
