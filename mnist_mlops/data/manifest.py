@@ -115,7 +115,10 @@ def streamed_split_summary(
     files = sorted(directory.glob("*.parquet"))
     if not _ids_in_order(files):
         if require_order:
-            raise RuntimeError(f"the rows of {directory} are not in image_id order across files")
+            ranges = [_id_range(path) for path in files]
+            raise RuntimeError(
+                f"the rows of {directory} are not in image_id order across files: {ranges}"
+            )
         arrays = load_split(directory)
         counts = np.bincount(arrays.labels, minlength=NUM_CLASSES).tolist()
         return len(arrays), split_content_hash(arrays), counts
@@ -132,6 +135,12 @@ def streamed_split_summary(
         for batch in pq.ParquetFile(path).iter_batches(columns=["label"]):
             counts += np.bincount(batch.column(0).to_numpy(), minlength=NUM_CLASSES)
     return rows, digest.hexdigest(), counts.tolist()
+
+
+def _id_range(path: Path) -> tuple[str, str, str]:
+    """(file, first id, last id): what a refused order check reports."""
+    ids = pq.read_table(path, columns=["image_id"]).column(0)
+    return path.name, str(ids[0]) if len(ids) else "", str(ids[-1]) if len(ids) else ""
 
 
 def _ids_in_order(files: list[Path]) -> bool:

@@ -193,6 +193,10 @@ def write_splits(frame: DataFrame, out_dir: Path, partitions: int, normalization
             "image_id", "label", F.col("pixels").alias("pixels", metadata=pixel_meta), "split"
         )
         .coalesce(partitions)
+        # the order the writer needs (by split) plus image_id: rows already come so in each
+        # task (the same bytes at 70k), and a task that Spark handed two ranges still writes
+        # its file in id order
+        .sortWithinPartitions("split", "image_id")
         .write.mode("errorifexists")
         .options(**_REPRODUCIBLE_PARQUET, **{"parquet.block.size": _ROW_GROUP_BYTES})
         .partitionBy("split")
