@@ -244,9 +244,12 @@ class ClusterSampler(threading.Thread):
     after the run began) and ``executor_workers`` (their Python workers).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, worker_pids: set[int] | None = None) -> None:
         super().__init__(daemon=True)
         self.root = psutil.Process(pid)
+        # executors count only when a worker daemon of OUR cluster started them: the machine is
+        # shared, and other jobs' executors must not enter the CPU seconds or the peaks
+        self.worker_pids = worker_pids or set()
         self.started = time.time()
         self.peak_rss: dict[str, int] = {}
         self.peak_sum: dict[str, int] = {}
@@ -261,11 +264,12 @@ class ClusterSampler(threading.Thread):
         roles["driver"].append(self.root)
         for child in self.root.children(recursive=True):
             roles["driver_jvm" if "java" in child.name() else "local_workers"].append(child)
-        for proc in psutil.process_iter(["cmdline", "create_time"]):
-            cmdline = proc.info["cmdline"] or []
-            if proc.info["create_time"] < self.started - 1:
+        for worker in self.worker_pids:
+            try:
+                executors = psutil.Process(worker).children()
+            except psutil.Error:
                 continue
-            if any("CoarseGrainedExecutorBackend" in part for part in cmdline):
+            for proc in executors:
                 roles["executor_jvm"].append(proc)
                 roles["executor_workers"].extend(proc.children(recursive=True))
         return roles
@@ -292,6 +296,17 @@ class ClusterSampler(threading.Thread):
             time.sleep(0.2)
 
 
+def cluster_worker_pids() -> set[int]:
+    """The Worker daemons of the cluster :func:`standalone` started (from their pid files)."""
+    pids = set()
+    for path in Path(_STANDALONE_DIR, "pids").glob("*Worker*.pid"):
+        try:
+            pids.add(int(path.read_text().strip()))
+        except ValueError:
+            continue
+    return pids
+
+
 def preprocess_run(raw: Path, out: Path, size: int, master: str, cluster: bool) -> dict:
     spark = ["spark=cluster", f"spark.master='{master}'", "spark.partitions=2",
              "spark.executor_memory=1g", "spark.executor_cores=1", "spark.num_executors=2",
@@ -306,7 +321,7 @@ def preprocess_run(raw: Path, out: Path, size: int, master: str, cluster: bool) 
     child = subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    sampler = ClusterSampler(child.pid)
+    sampler = ClusterSampler(child.pid, cluster_worker_pids() if cluster else None)
     sampler.start()
     output, _ = child.communicate()
     wall = time.perf_counter() - started
@@ -369,12 +384,15 @@ def ddp_run(processed: Path, size: int, batches: int) -> dict:
     }
 
 
+_STANDALONE_DIR = "/tmp/scale-standalone"
+
+
 def standalone(action: str) -> str:
     env = {
         **os.environ,
         "SPARK_MASTER_PORT": "7177",
         "SPARK_MASTER_WEBUI_PORT": "8180",
-        "SPARK_STANDALONE_DIR": "/tmp/scale-standalone",
+        "SPARK_STANDALONE_DIR": _STANDALONE_DIR,
         "SPARK_WORKER_MEMORY": "2g",
         "SPARK_WORKER_CORES": "1",
     }
