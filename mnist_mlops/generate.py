@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.data.spark_preprocess import timed_step
 from mnist_mlops.exit_codes import bad_input_exits
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,8 @@ def generate(cfg: DictConfig, spark=None) -> dict:  # noqa: ANN001 - SparkSessio
         raise ValueError(f"spark.partitions={partitions} must be at least 1")
     own_session = spark is None
     if own_session:
+        from mnist_mlops.data.spark_preprocess import timed_step  # after argv is read
+
         with timed_step("spark_start", f"starting Spark ({cfg.spark.master})"):
             spark = instantiate(cfg.spark)
     try:

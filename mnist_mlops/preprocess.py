@@ -14,17 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_mlops.config import CONFIG_DIR
-from mnist_mlops.data.idx import RawDataError
-from mnist_mlops.data.spark_preprocess import (
-    PreprocessSettings,
-    read_raw,
-    run_preprocessing,
-    timed_step,
-)
 from mnist_mlops.exit_codes import bad_input_exits
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the Spark job (numpy, pandas, pyarrow) loads after argv is read
     from pyspark.sql import SparkSession
+
+    from mnist_mlops.data.spark_preprocess import PreprocessSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +39,8 @@ def _typed(cfg: DictConfig, key: str, kind: type) -> Any:
 
 def settings_from_config(cfg: DictConfig) -> PreprocessSettings:
     """The keys the job reads (and that ``dvc.yaml`` lists as its params)."""
+    from mnist_mlops.data.spark_preprocess import PreprocessSettings
+
     return PreprocessSettings(
         raw_dir=_typed(cfg, "data.raw_dir", str),
         processed_dir=_typed(cfg, "data.processed_dir", str),
@@ -64,6 +61,8 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> dict[str, 
     Pass ``spark`` to reuse a live session (tests, retraining); otherwise one is built from
     ``cfg.spark`` and stopped afterwards.
     """
+    from mnist_mlops.data.spark_preprocess import read_raw, run_preprocessing, timed_step
+
     settings = settings_from_config(cfg)
     record = {
         "data": OmegaConf.to_container(cfg.data, resolve=True),
@@ -83,6 +82,8 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> dict[str, 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from mnist_mlops.data.idx import RawDataError
+
     with bad_input_exits("preprocess", extra=(RawDataError,)):  # a bad value or raw file
         manifest = preprocess(cfg)
     log.info("dataset_hash=%s", manifest["dataset_hash"])
