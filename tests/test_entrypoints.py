@@ -89,17 +89,28 @@ def test_exit_code_table_is_the_one_the_readme_and_drift_use() -> None:
     assert DriftExit.ALERT == ExitCode.DRIFT_ALERT and EXIT_LOCKED == ExitCode.LOCKED
 
 
-def test_a_bad_value_is_one_line_naming_it_and_exit_failed(tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere" / "run.json"
+@pytest.mark.parametrize(
+    ("entry", "override", "named"),
+    [
+        ("evaluate", "run_file={tmp}/nowhere/run.json", "{tmp}/nowhere/run.json"),
+        ("retrain", "trigger=sometimes", "trigger='sometimes'"),
+        ("retrain", "watch.max_cycles=abc", "watch.max_cycles"),
+        ("train", "trainer.precision=fp8", "trainer.precision"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_it_and_exit_failed(
+    tmp_path: Path, entry: str, override: str, named: str
+) -> None:
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "mnist_mlops.evaluate",
-            f"run_file={missing}",
+            f"mnist_mlops.{entry}",
+            override.format(tmp=tmp_path),
             f"hydra.run.dir={tmp_path / 'hydra'}",
-            f"output_dir={tmp_path / 'eval'}",
-            f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.reports_dir={tmp_path / 'reports'}",
+            f"paths.mlflow_dir={tmp_path / 'mlruns'}",
         ],
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -107,10 +118,10 @@ def test_a_bad_value_is_one_line_naming_it_and_exit_failed(tmp_path: Path) -> No
         timeout=300,
     )
     assert done.returncode == ExitCode.FAILED
-    lines = [line for line in done.stderr.splitlines() if line.startswith("evaluate: ")]
-    assert len(lines) == 1 and str(missing) in lines[0], done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith(f"{entry}: ")]
+    assert len(lines) == 1 and named.format(tmp=tmp_path) in lines[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "eval" / "metrics.json").exists()
+    assert not (tmp_path / "reports").exists()  # nothing half-written
 
 
 # The layers of the package, lowest first: a module imports only from its own package or a lower
