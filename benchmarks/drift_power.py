@@ -17,7 +17,7 @@ champion's reference on the val split. Windows never overlap within a condition 
   how the documented champion was trained).
 - **Writer shift**: the test split: MNIST's test digits come from other writers than train,
   a real population change, reported separately and not as false alarms.
-- **Shifts** (:mod:`mnist_mlops.monitoring.shifts`) applied to null-pool images, so detection
+- **Shifts** (``tests/support/shifts.py``) applied to null-pool images, so detection
   measures the shift alone; label shift keeps digits 0-4; Fashion-MNIST test images (Debian
   package ``dataset-fashion-mnist``) are out of distribution.
 
@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # the shifts are test support: tests.support.shifts
 DOC_BEGIN = "<!-- drift-power:begin -->"
 DOC_END = "<!-- drift-power:end -->"
 DETECTORS = (
@@ -102,7 +103,7 @@ class CachedProbe:
 
 def load_fashion_mnist() -> np.ndarray:
     """The Fashion-MNIST test images (the loader the system test shares), or exit saying why."""
-    from mnist_mlops.monitoring.shifts import fashion_mnist_images
+    from tests.support.shifts import fashion_mnist_images
 
     try:
         return fashion_mnist_images()
@@ -127,7 +128,7 @@ def build_conditions(
     null_images: np.ndarray, null_labels: np.ndarray, test_images: np.ndarray, test_labels
 ) -> dict:
     """name -> (images pool, labels pool or None). Each shift is applied once to its pool."""
-    from mnist_mlops.monitoring.shifts import IMAGE_SHIFTS, label_subset_indices
+    from tests.support.shifts import IMAGE_SHIFTS, label_subset_indices
 
     rng = np.random.default_rng(0)
     base, base_labels = null_images[:SHIFT_POOL], null_labels[:SHIFT_POOL]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from support.shifts import IMAGE_SHIFTS, label_subset_indices
 
 from mnist_mlops.config import CONFIG_DIR
 from mnist_mlops.monitoring.check import build_detectors, evaluate_window
 from mnist_mlops.monitoring.detectors import Status
 from mnist_mlops.monitoring.reference import Baseline, BaselineError
 from mnist_mlops.monitoring.report import DriftExit
-from mnist_mlops.monitoring.shifts import IMAGE_SHIFTS, label_subset_indices
 from mnist_mlops.monitoring.sources import Window
 
 WINDOW = 500

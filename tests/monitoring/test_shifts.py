@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from mnist_mlops.data.synthetic import synthetic_digits
-from mnist_mlops.monitoring.shifts import (
+from support.shifts import (
     IMAGE_SHIFTS,
     centre_of_mass,
     rotate,
     rotate_about_centre_of_mass,
     thicker_strokes,
 )
+
+from mnist_mlops.data.synthetic import synthetic_digits
 
 
 def test_rotation_turns_about_the_centre_of_mass_counter_clockwise() -> None:
@@ -49,8 +49,9 @@ def test_dilation_is_2x2_and_named_so() -> None:
 def test_fashion_mnist_loader_reads_the_idx_file_and_names_the_package_when_missing(
     tmp_path,
 ) -> None:
+    from support.shifts import FASHION_MNIST_PACKAGE, fashion_mnist_images
+
     from mnist_mlops.data.idx import write_idx_gz
-    from mnist_mlops.monitoring.shifts import FASHION_MNIST_PACKAGE, fashion_mnist_images
 
     with pytest.raises(FileNotFoundError, match=f"apt-get install -y {FASHION_MNIST_PACKAGE}"):
         fashion_mnist_images(tmp_path / "absent")

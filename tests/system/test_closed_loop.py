@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.processes import free_port, stop_process_group, wait_for_http
+from support.shifts import fashion_mnist_images, gaussian_noise, invert, rotate
 
 from mnist_mlops.data.splits import MnistArrays, load_split
-from mnist_mlops.monitoring.shifts import fashion_mnist_images, gaussian_noise, invert, rotate
 
 pytestmark = pytest.mark.slow
 

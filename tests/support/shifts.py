@@ -1,5 +1,8 @@
 """Synthetic dataset shifts for validating the detectors (tests and ``benchmarks/drift_power.py``).
 
+Test support, not part of the package: tests import ``support.shifts``, the benchmark
+``tests.support.shifts``.
+
 Each shift maps uint8 images (N, 28, 28) to shifted uint8 images of the same shape; they
 model what goes wrong in production: rotated scans, sensor noise, focus blur, a thicker pen,
 off-centre crops, inverted polarity (black ink on white). Names say exactly what is done
