@@ -51,6 +51,11 @@ def entry_config_groups(_root_: Any) -> str:
     return "\n".join(lines)
 
 
+# interpolations that name a place rather than a setting (kept as written where a config is
+# recorded, so the record is the same in every clone of the project)
+LOCATION_MARKERS = ("paths.", "oc.env", "hydra:", "project_root", "now:")
+
+
 def resolved_once(cfg: DictConfig, keep_symbolic: tuple[str, ...] = ()) -> dict[str, Any]:
     """The config as plain data with every group once (for MLflow params and printed configs).
 

@@ -25,12 +25,10 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
-from mnist_mlops.config import CONFIG_DIR, resolved_once
+from mnist_mlops.config import CONFIG_DIR, LOCATION_MARKERS, resolved_once
 from mnist_mlops.exit_codes import ExitCode, bad_input_exits, exit_with
 from mnist_mlops.utils.atomic import atomic_write_text
 
-# interpolations that name a place rather than a setting: kept as written
-LOCATION_MARKERS = ("paths.", "oc.env", "hydra:", "project_root", "now:")
 # groups that only some choices pull in (spark: backend=spark_ddp|orca); absent is not an error
 _GROUPS_ON_DEMAND = frozenset({"spark"})
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_mlops.config import LOCATION_MARKERS, resolved_once
 from mnist_mlops.data.manifest import recorded_dataset_hash
 from mnist_mlops.models.convnet import count_parameters
 from mnist_mlops.training.callbacks import Callback, TrainingInterrupted
@@ -58,7 +59,8 @@ class JsonFileLogger(Callback):
     def run_context(self, cfg: DictConfig) -> Iterator[str]:
         """Record FINISHED, KILLED (stopped on purpose) or FAILED (crashed), as MLflow would."""
         job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        self.record["config"] = OmegaConf.to_container(job, resolve=True)
+        # locations stay symbolic: a record committed under docs/ names no machine's paths
+        self.record["config"] = resolved_once(job, keep_symbolic=LOCATION_MARKERS)
         self.record["seed"] = cfg.get("seed")
         self.record["config_tags"] = list(cfg.get("tags") or [])
         self.record["data_manifest_hash"] = recorded_dataset_hash(cfg.data.processed_dir)

@@ -61,6 +61,9 @@ def test_json_logger_records_what_the_results_page_needs(
     assert record["best_epoch"] == metrics["best_epoch"]
     assert record["device"] == "cpu" and "cores" in record["hardware"]
     assert record["tags"] == {"results_id": "t"}
+    # locations stay as written (records are committed under docs/): no machine's paths
+    assert record["config"]["paths"]["root_dir"] == "${project_root:}"
+    assert record["config"]["paths"]["data_dir"] == "${paths.root_dir}/data"
 
     row = _script("reproduce_results").summarise_record(record)
     best = record["best_epoch"]
