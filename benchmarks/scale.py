@@ -39,7 +39,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil  # a dvc dependency, so always present in the project venv
 
@@ -88,6 +90,27 @@ def _pss(proc: psutil.Process) -> int:
         return proc.memory_info().rss
 
 
+def run_sampled(
+    command: list[str], make_sampler: Callable[[int], threading.Thread], what: str
+) -> tuple[str, float, Any]:
+    """Run ``command`` from the repo root while a sampler thread watches its process tree;
+    return (output, wall seconds, the stopped sampler). A failed child ends the benchmark
+    with the tail of its output."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    sampler = make_sampler(child.pid)
+    sampler.start()
+    output, _ = child.communicate()
+    wall = time.perf_counter() - started
+    sampler.stop.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"{what} failed:\n{output[-3000:]}")
+    return output, wall, sampler
+
+
 def synthetic_source(root: Path) -> Path:
     """A processed directory of synthetic digits (train 2,000; 200 per held-out split)."""
     import pyarrow.parquet as pq
@@ -118,18 +141,7 @@ def generate(size: int, source: Path, out: Path, partitions: int, master: str) -
         f"data.generator.size={size}", f"spark.master='{master}'", f"spark.partitions={partitions}",
         f"hydra.run.dir={out.parent}/hydra-{size}",
     ]  # fmt: skip
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    sampler = TreeSampler(child.pid)
-    sampler.start()
-    output, _ = child.communicate()
-    wall = time.perf_counter() - started
-    sampler.stop.set()
-    sampler.join()
-    if child.returncode:
-        raise SystemExit(f"generate failed for size {size}:\n{output[-3000:]}")
+    output, wall, sampler = run_sampled(command, TreeSampler, f"generate for size {size}")
     import pyarrow.parquet as pq
 
     groups = [
@@ -317,18 +329,12 @@ def preprocess_run(raw: Path, out: Path, size: int, master: str, cluster: bool) 
         *spark, f"hydra.run.dir={out.parent}/hydra-pre-{size}",
     ]  # fmt: skip
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    workers = cluster_worker_pids() if cluster else None
+    output, wall, sampler = run_sampled(
+        command,
+        lambda pid: ClusterSampler(pid, workers),
+        f"preprocess for size {size} ({master})",
     )
-    sampler = ClusterSampler(child.pid, cluster_worker_pids() if cluster else None)
-    sampler.start()
-    output, _ = child.communicate()
-    wall = time.perf_counter() - started
-    sampler.stop.set()
-    sampler.join()
-    if child.returncode:
-        raise SystemExit(f"preprocess failed for size {size} ({master}):\n{output[-3000:]}")
     steps = {
         m.group(1): float(m.group(2))
         for m in re.finditer(r"\]\[INFO\] (.+?) done in ([\d.]+) s", output)
@@ -359,18 +365,7 @@ def ddp_run(processed: Path, size: int, batches: int) -> dict:
         f"hydra.run.dir={processed.parent}/hydra-ddp-{size}",
     ]  # fmt: skip
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    sampler = ClusterSampler(child.pid)
-    sampler.start()
-    output, _ = child.communicate()
-    wall = time.perf_counter() - started
-    sampler.stop.set()
-    sampler.join()
-    if child.returncode:
-        raise SystemExit(f"spark_ddp failed for size {size}:\n{output[-3000:]}")
+    output, wall, sampler = run_sampled(command, ClusterSampler, f"spark_ddp for size {size}")
     return {
         "size": size,
         "train_batches_per_rank": batches,
